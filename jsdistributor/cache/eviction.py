@@ -1,0 +1,426 @@
+"""Which cached object to evict: LRU-SP, as the original node (Argus) does it.
+
+Pure bookkeeping, no I/O; ``now`` is seconds (float) from the injected clock.
+
+LRU-SP ("LRU with size and popularity"): objects are grouped by
+``ceil(log2(sizeKB / popularity))`` (clamped to 0..23, so 24 groups), where
+``sizeKB = max(1, ceil(size / 1024))`` and ``popularity`` counts accesses
+(1 when added). Each group is kept in LRU order: an access moves the object to
+the tail of its (possibly new, since popularity changed) group. The eviction
+candidates are the LRU heads of the non-empty groups; the victim is the
+candidate with the greatest cost::
+
+    cost = minutes_since_last_access * sizeKB / popularity
+    minutes_since_last_access = max(0, ceil((now - last_access) / 60))
+
+Ties go to the candidate in the higher group (the original scans groups
+0..23 keeping the last candidate with ``cost >= best``).
+
+Differences from the original, all deliberate:
+
+- the group number is computed with exact integer arithmetic (the original
+  divides two floating-point logarithms);
+- a clock that went backwards gives cost 0 instead of a negative cost (which
+  made the original find no victim at all);
+- objects being read (``in_use``) are never chosen: a group whose head is in
+  use offers its first entry that is not;
+- nothing scans all entries: an access is O(1) (dict lookup and
+  ``OrderedDict.move_to_end``), choosing a victim looks at the 24 group heads.
+
+``LruPolicy`` is plain LRU behind the same interface, and ``replay`` measures
+a policy's hit ratio on a request trace, so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Callable, Iterable, Iterator
+
+from attrs import frozen
+from zope.interface import implementer
+
+from jsdistributor.interfaces import IEvictionPolicy
+
+#: Number of LRU-SP groups (sizes up to 2**24 KB = 16 GiB get their own group).
+GROUP_COUNT = 24
+
+InUse = Callable[[str], bool]
+
+
+@frozen
+class CacheEntry:
+    """What the cache knows about one complete object (what the state file holds)."""
+
+    object_id: str
+    #: Bytes.
+    size: int
+    #: Accesses, starting at 1.
+    popularity: int
+    #: Seconds (the injected clock's ``seconds()``).
+    last_access: float
+    #: Content type sniffed or declared when it was cached, if known.
+    mime_type: str | None = None
+
+
+def size_kb(size: int) -> int:
+    """``ceil(size / 1024)``, at least 1."""
+    return max(1, -(-size // 1024))
+
+
+def cache_group(kb: int, popularity: int) -> int:
+    """``ceil(log2(kb / popularity))`` clamped to ``0..GROUP_COUNT - 1``.
+
+    Exact: with ``q = ceil(kb / popularity)``, the smallest ``g >= 0`` with
+    ``2**g >= kb / popularity`` is the smallest with ``2**g >= q`` (``2**g`` is
+    an integer), which is ``(q - 1).bit_length()``.
+    """
+    q = -(-kb // popularity)
+    return min((q - 1).bit_length(), GROUP_COUNT - 1)
+
+
+def elapsed_minutes(last_access: float, now: float) -> int:
+    """Whole minutes since ``last_access``, rounded up, never negative."""
+    elapsed = now - last_access
+    if elapsed <= 0:
+        return 0
+    return math.ceil(elapsed / 60)
+
+
+def eviction_cost(kb: int, popularity: int, last_access: float, now: float) -> float:
+    """The LRU-SP cost of keeping an object: higher is evicted first."""
+    return elapsed_minutes(last_access, now) * kb / popularity
+
+
+class _Item:
+    """A tracked object (mutable, unlike ``CacheEntry``, to make accesses cheap)."""
+
+    __slots__ = ("object_id", "size", "kb", "popularity", "last_access", "mime_type", "group")
+
+    def __init__(
+        self,
+        object_id: str,
+        size: int,
+        popularity: int,
+        last_access: float,
+        mime_type: str | None,
+    ) -> None:
+        self.object_id = object_id
+        self.size = size
+        self.kb = size_kb(size)
+        self.popularity = popularity
+        self.last_access = last_access
+        self.mime_type = mime_type
+        self.group = cache_group(self.kb, popularity)
+
+    def entry(self) -> CacheEntry:
+        return CacheEntry(self.object_id, self.size, self.popularity, self.last_access, self.mime_type)
+
+
+def _check(size: int, popularity: int) -> None:
+    if size < 0:
+        raise ValueError("negative size %r" % (size,))
+    if popularity < 1:
+        raise ValueError("popularity must be at least 1, got %r" % (popularity,))
+
+
+def _no_object_in_use(object_id: str) -> bool:
+    return False
+
+
+@implementer(IEvictionPolicy)
+class LruSpPolicy:
+    """LRU-SP eviction order (see the module docstring).
+
+    Costs per operation (n tracked objects, R objects in use):
+
+    - ``add``, ``access``, ``remove``, ``get``, ``set_mime_type``: O(1).
+    - ``peek_victim``/``pop_victim``: O(24 + R). Each group offers its first
+      entry (in LRU order) that is not in use; every entry skipped on the way
+      is in use and belongs to exactly one group, so at most R entries are
+      skipped in total. R is bounded by the number of objects being read
+      right now (open connections), not by n; and objects being read were
+      accessed recently, so they are rarely near a group's head.
+    - ``entries``: O(n). Do not change the policy while iterating (take a
+      ``list`` first if the iteration may yield to the reactor).
+    """
+
+    def __init__(self) -> None:
+        self._groups: list[OrderedDict[str, _Item]] = [OrderedDict() for _ in range(GROUP_COUNT)]
+        self._items: dict[str, _Item] = {}
+        self._total_size = 0
+
+    # -- IEvictionPolicy ---------------------------------------------------
+
+    def add(
+        self,
+        object_id: str,
+        size: int,
+        now: float,
+        popularity: int = 1,
+        mime_type: str | None = None,
+    ) -> None:
+        """Track a newly cached object (re-adding a tracked id replaces it)."""
+        _check(size, popularity)
+        self.remove(object_id)
+        item = _Item(object_id, size, popularity, now, mime_type)
+        self._items[object_id] = item
+        self._groups[item.group][object_id] = item
+        self._total_size += size
+
+    def access(self, object_id: str, now: float) -> bool:
+        """Record one access: popularity + 1, last access ``now``, move to the
+        tail of its group. False (and nothing changes) if not tracked."""
+        item = self._items.get(object_id)
+        if item is None:
+            return False
+        item.popularity += 1
+        item.last_access = now
+        group = cache_group(item.kb, item.popularity)
+        if group == item.group:
+            self._groups[group].move_to_end(object_id)
+        else:
+            del self._groups[item.group][object_id]
+            self._groups[group][object_id] = item
+            item.group = group
+        return True
+
+    def remove(self, object_id: str) -> bool:
+        """Stop tracking (idempotent); True if it was tracked."""
+        item = self._items.pop(object_id, None)
+        if item is None:
+            return False
+        del self._groups[item.group][object_id]
+        self._total_size -= item.size
+        return True
+
+    def peek_victim(self, now: float, in_use: InUse | None = None) -> str | None:
+        """The id ``pop_victim`` would return, without removing it."""
+        item = self._victim(now, in_use or _no_object_in_use)
+        return None if item is None else item.object_id
+
+    def pop_victim(self, now: float, in_use: InUse | None = None) -> str | None:
+        """Remove and return the object least worth keeping that is not
+        ``in_use(id)``; None if nothing is tracked or everything is in use."""
+        item = self._victim(now, in_use or _no_object_in_use)
+        if item is None:
+            return None
+        self.remove(item.object_id)
+        return item.object_id
+
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every tracked object, group by group, each group in LRU order:
+        adding them back in this order (``add_entries``) rebuilds the same
+        state."""
+        for group in self._groups:
+            for item in group.values():
+                yield item.entry()
+
+    # -- extras --------------------------------------------------------------
+
+    def add_entry(self, entry: CacheEntry) -> None:
+        """Track an object restored from saved state (at the tail of its group)."""
+        self.add(entry.object_id, entry.size, entry.last_access, entry.popularity, entry.mime_type)
+
+    def add_entries(self, entries: Iterable[CacheEntry]) -> None:
+        for entry in entries:
+            self.add_entry(entry)
+
+    def get(self, object_id: str) -> CacheEntry | None:
+        item = self._items.get(object_id)
+        return None if item is None else item.entry()
+
+    def group_of(self, object_id: str) -> int | None:
+        item = self._items.get(object_id)
+        return None if item is None else item.group
+
+    def set_mime_type(self, object_id: str, mime_type: str | None) -> bool:
+        """Remember the object's content type (saved with the state)."""
+        item = self._items.get(object_id)
+        if item is None:
+            return False
+        item.mime_type = mime_type
+        return True
+
+    def mime_type_of(self, object_id: str) -> str | None:
+        item = self._items.get(object_id)
+        return None if item is None else item.mime_type
+
+    @property
+    def total_size(self) -> int:
+        """Sum of the tracked objects' sizes (bytes)."""
+        return self._total_size
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, object_id: object) -> bool:
+        return object_id in self._items
+
+    def _victim(self, now: float, in_use: InUse) -> _Item | None:
+        best: _Item | None = None
+        best_cost = -1.0
+        for group in self._groups:
+            if not group:
+                continue
+            for item in group.values():
+                if in_use(item.object_id):
+                    continue
+                cost = eviction_cost(item.kb, item.popularity, item.last_access, now)
+                # ">=": on a tie the later (higher) group wins, as in the original.
+                if cost >= best_cost:
+                    best, best_cost = item, cost
+                break
+        return best
+
+
+@implementer(IEvictionPolicy)
+class LruPolicy:
+    """Plain LRU behind the same interface (to compare policies on a trace).
+
+    Popularity and mime types are tracked too, so its ``entries`` can be
+    saved like LRU-SP's. Victim choice is O(1 + R) (R: objects in use).
+    """
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, _Item] = OrderedDict()
+        self._total_size = 0
+
+    def add(
+        self,
+        object_id: str,
+        size: int,
+        now: float,
+        popularity: int = 1,
+        mime_type: str | None = None,
+    ) -> None:
+        _check(size, popularity)
+        self.remove(object_id)
+        self._items[object_id] = _Item(object_id, size, popularity, now, mime_type)
+        self._total_size += size
+
+    def access(self, object_id: str, now: float) -> bool:
+        item = self._items.get(object_id)
+        if item is None:
+            return False
+        item.popularity += 1
+        item.last_access = now
+        self._items.move_to_end(object_id)
+        return True
+
+    def remove(self, object_id: str) -> bool:
+        item = self._items.pop(object_id, None)
+        if item is None:
+            return False
+        self._total_size -= item.size
+        return True
+
+    def peek_victim(self, now: float, in_use: InUse | None = None) -> str | None:
+        in_use = in_use or _no_object_in_use
+        for object_id in self._items:
+            if not in_use(object_id):
+                return object_id
+        return None
+
+    def pop_victim(self, now: float, in_use: InUse | None = None) -> str | None:
+        object_id = self.peek_victim(now, in_use)
+        if object_id is not None:
+            self.remove(object_id)
+        return object_id
+
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every tracked object, least recently used first."""
+        for item in self._items.values():
+            yield item.entry()
+
+    def add_entry(self, entry: CacheEntry) -> None:
+        self.add(entry.object_id, entry.size, entry.last_access, entry.popularity, entry.mime_type)
+
+    def add_entries(self, entries: Iterable[CacheEntry]) -> None:
+        for entry in entries:
+            self.add_entry(entry)
+
+    def get(self, object_id: str) -> CacheEntry | None:
+        item = self._items.get(object_id)
+        return None if item is None else item.entry()
+
+    def set_mime_type(self, object_id: str, mime_type: str | None) -> bool:
+        item = self._items.get(object_id)
+        if item is None:
+            return False
+        item.mime_type = mime_type
+        return True
+
+    def mime_type_of(self, object_id: str) -> str | None:
+        item = self._items.get(object_id)
+        return None if item is None else item.mime_type
+
+    @property
+    def total_size(self) -> int:
+        return self._total_size
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, object_id: object) -> bool:
+        return object_id in self._items
+
+
+Policy = LruSpPolicy | LruPolicy
+
+
+@frozen
+class ReplayStats:
+    requests: int
+    hits: int
+    requested_bytes: int
+    hit_bytes: int
+
+    @property
+    def hit_ratio(self) -> float:
+        return self.hits / self.requests if self.requests else 0.0
+
+    @property
+    def byte_hit_ratio(self) -> float:
+        return self.hit_bytes / self.requested_bytes if self.requested_bytes else 0.0
+
+
+def replay_stats(
+    policy: Policy,
+    trace: Iterable[tuple[str, int]],
+    capacity: int,
+    start: float = 0.0,
+    step: float = 1.0,
+) -> ReplayStats:
+    """Serve ``trace`` (``(object_id, size)`` requests, ``step`` seconds
+    apart) through a cache of ``capacity`` bytes ordered by ``policy``.
+
+    A hit is an access; a miss caches the object after evicting until it
+    fits (objects larger than ``capacity`` are never cached).
+    """
+    requests = hits = requested_bytes = hit_bytes = 0
+    now = start
+    for object_id, size in trace:
+        requests += 1
+        requested_bytes += size
+        if policy.access(object_id, now):
+            hits += 1
+            hit_bytes += size
+        elif size <= capacity:
+            while policy.total_size + size > capacity:
+                if policy.pop_victim(now) is None:  # pragma: no cover - nothing in use here
+                    break
+            policy.add(object_id, size, now)
+        now += step
+    return ReplayStats(requests, hits, requested_bytes, hit_bytes)
+
+
+def replay(
+    policy: Policy,
+    trace: Iterable[tuple[str, int]],
+    capacity: int,
+    start: float = 0.0,
+    step: float = 1.0,
+) -> float:
+    """The hit ratio of ``policy`` on ``trace`` (see ``replay_stats``)."""
+    return replay_stats(policy, trace, capacity, start, step).hit_ratio

@@ -1,0 +1,207 @@
+"""The node: one MultiService holding the public API, the operator API, the
+cache and the periodic tasks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from . import __version__
+from .buckets import BucketSelection
+from .config import NodeConfig
+from .errors import ApiError
+from .httputil import AccessLoggingSite
+from .model import MetadataStatus
+
+log = Logger()
+
+#: How long stopService waits for in-flight responses before closing them.
+STOP_GRACE_SECONDS = 5.0
+
+
+class ListeningService(Service):
+    """Listens on a TCP port while running; can stop/start listening on demand
+    (the operator API's stop-api / start-api)."""
+
+    def __init__(self, reactor: Any, site: Any, port: int, interface: str, name: str) -> None:
+        self._reactor = reactor
+        self.site = site
+        self.port = port
+        self.interface = interface
+        self.setName(name)
+        self.listening_port: Any = None
+
+    @property
+    def listening(self) -> bool:
+        return self.listening_port is not None
+
+    def listen(self) -> None:
+        if self.listening_port is None:
+            self.listening_port = self._reactor.listenTCP(self.port, self.site, interface=self.interface)
+            log.info(
+                "{name} listening on http://{interface}:{port}",
+                name=self.name,
+                interface=self.interface,
+                port=self.listening_port.getHost().port,
+            )
+
+    def stop_listening(self) -> Deferred[None]:
+        port, self.listening_port = self.listening_port, None
+        if port is None:
+            return succeed(None)
+        log.info("{name} stopped listening", name=self.name)
+        return maybeDeferred(port.stopListening)
+
+    def startService(self) -> None:
+        super().startService()
+        self.listen()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.stop_listening()
+
+
+class DistributorNode(MultiService):
+    """Everything the daemon runs. ``reactor`` is injected (tests pass their own)."""
+
+    def __init__(self, config: NodeConfig, reactor: Any, *, components: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = self.clock = reactor
+        self.selection = BucketSelection(config.buckets, config.worker_id)
+        self.started_at = reactor.seconds()
+        self.shutting_down = False
+
+        from .wiring import build_components
+
+        self.components = components if components is not None else build_components(self)
+        self.metadata = self.components.metadata
+        self.cache = self.components.cache
+        self.assets = self.components.assets
+        for service in self.components.services:
+            service.setServiceParent(self)
+
+        from .operator_api import OperatorApi
+        from .public_api import PublicApi
+
+        self.public_api = PublicApi(self)
+        self.public_service = ListeningService(
+            reactor,
+            AccessLoggingSite(self.public_api.resource(), reactor, "public"),
+            config.public_api.port,
+            config.public_api.interface,
+            "public API",
+        )
+        self.public_service.setServiceParent(self)
+        self.operator_service: ListeningService | None = None
+        if config.operator_api is not None:
+            self.operator_api = OperatorApi(self, config.operator_api.hmac_secret)
+            self.operator_service = ListeningService(
+                reactor,
+                AccessLoggingSite(self.operator_api.resource(), reactor, "operator"),
+                config.operator_api.port,
+                config.operator_api.interface,
+                "operator API",
+            )
+            self.operator_service.setServiceParent(self)
+
+    # -- operator actions -------------------------------------------------
+
+    @property
+    def public_api_listening(self) -> bool:
+        return self.public_service.listening
+
+    def stop_public_api(self) -> Deferred[None]:
+        return self.public_service.stop_listening()
+
+    def start_public_api(self) -> Deferred[None]:
+        try:
+            self.public_service.listen()
+        except CannotListenError as e:
+            raise ApiError(500, "cannot_listen", f"public API cannot listen: {e.socketError}") from None
+        return succeed(None)
+
+    def request_shutdown(self) -> None:
+        self.shutting_down = True
+        log.info("shutdown requested through the operator API")
+        # Let the 200 response go out first.
+        self.reactor.callLater(0.2, self.reactor.stop)
+
+    def set_worker(self, worker_id: int) -> None:
+        self.selection.set_worker(worker_id)
+        log.info("worker id set to {workerId}", workerId=worker_id)
+
+    def set_buckets(self, buckets: list[str] | None) -> None:
+        self.selection.set_buckets(buckets)
+        log.info("buckets set to {buckets}", buckets="all of the worker's" if buckets is None else buckets)
+
+    # -- status ----------------------------------------------------------
+
+    async def status(self) -> dict[str, object]:
+        status: MetadataStatus
+        try:
+            status = await self.metadata.get_status()
+        except Exception as e:  # the interface says never; be safe anyway
+            status = MetadataStatus(url=str(getattr(self.metadata, "url", "")), reachable=False, error=str(e))
+        return {
+            "id": self.config.id,
+            "version": __version__,
+            "workerId": self.selection.worker_id,
+            "objectsInCache": self.cache.objects_in_cache,
+            "storageLimit": self.config.limits.storage,
+            "storageUsed": self.cache.storage_used,
+            "uptime": int(self.reactor.seconds() - self.started_at),
+            "downloadsInProgress": self.cache.downloads_in_progress,
+            "downloads": self.cache.download_counts(),
+            "nodeEnv": os.environ.get("NODE_ENV", "production"),
+            "queryNodeStatus": status.as_json(),
+        }
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startService(self) -> None:
+        log.info(
+            "jsdistributor {version} starting: node {id}",
+            version=__version__,
+            id=self.config.id,
+        )
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        log.info("stopping: no new connections, finishing in-flight work")
+        stops = [self.public_service.stop_listening()]
+        if self.operator_service is not None:
+            stops.append(self.operator_service.stop_listening())
+        await DeferredList(stops, consumeErrors=True)
+        await self.cache.stop(self.reactor, STOP_GRACE_SECONDS)
+        await MultiService.stopService(self)
+        log.info("stopped")
+
+
+def timer(interval: float, fn: Any, clock: Any, name: str) -> TimerService:
+    """A TimerService that logs (never propagates) a failing run."""
+
+    def run() -> Any:
+        d = ensureDeferred(_call(fn))
+        d.addErrback(lambda f: log.failure("periodic task {name} failed", f, name=name))
+        return d
+
+    service = TimerService(interval, run)
+    service.clock = clock
+    service.setName(name)
+    return service
+
+
+async def _call(fn: Any) -> None:
+    result = fn()
+    if isinstance(result, Deferred) or hasattr(result, "__await__"):
+        await result

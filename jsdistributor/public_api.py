@@ -1,0 +1,84 @@
+"""The public API (Klein): /api/v1/status, /api/v1/buckets, and the assets."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from klein import Klein
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+
+from .errors import ApiError
+from .httputil import error_response, json_response
+
+if TYPE_CHECKING:
+    from .node import DistributorNode
+
+log = Logger()
+
+CORS_HEADERS = {
+    b"access-control-allow-origin": b"*",
+    b"access-control-expose-headers": b"x-cache, x-data-source, content-range, content-length, accept-ranges, etag",
+    b"timing-allow-origin": b"*",
+}
+
+
+def add_cors(request: Any) -> None:
+    for name, value in CORS_HEADERS.items():
+        request.setHeader(name, value)
+
+
+class PublicApi:
+    app = Klein()
+
+    def __init__(self, node: DistributorNode) -> None:
+        self._node = node
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.handle_errors(ApiError)
+    def _api_error(self, request: Any, failure: Any) -> bytes:
+        add_cors(request)
+        return error_response(request, failure.value)
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: Any, failure: Any) -> bytes:
+        add_cors(request)
+        e = failure.value
+        kind = "not_found" if e.code == 404 else "method_not_allowed" if e.code == 405 else "bad_request"
+        return error_response(request, ApiError(e.code, kind, e.description or e.name))
+
+    @app.route("/api/v1/status", methods=["GET"])
+    def status(self, request: Any) -> Any:
+        add_cors(request)
+
+        async def go() -> bytes:
+            return json_response(request, await self._node.status())
+
+        return ensureDeferred(go())
+
+    @app.route("/api/v1/buckets", methods=["GET"])
+    def buckets(self, request: Any) -> bytes:
+        add_cors(request)
+        return json_response(request, self._node.selection.as_json())
+
+    @app.route("/api/v1/<string:kind>/<path:object_id>", methods=["GET", "HEAD"])
+    def asset(self, request: Any, kind: str, object_id: str) -> Any:
+        if kind not in ("assets", "asset"):
+            raise ApiError(404, "not_found", "no such route")
+        add_cors(request)
+        return self._node.assets.render(request, object_id)
+
+    @app.route("/api/v1/<string:kind>/<path:object_id>", methods=["OPTIONS"])
+    def asset_preflight(self, request: Any, kind: str, object_id: str) -> bytes:
+        add_cors(request)
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-methods", b"GET, HEAD, OPTIONS")
+        request.setHeader(
+            b"access-control-allow-headers",
+            request.getHeader(b"access-control-request-headers") or b"range, if-range, if-none-match",
+        )
+        request.setHeader(b"access-control-max-age", b"86400")
+        return b""
