@@ -1,0 +1,286 @@
+"""The cache: complete objects on disk, pending downloads, space accounting,
+eviction and state. The asset routes ask it what to serve; it never serves
+HTTP itself."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, BinaryIO, Callable, Iterable
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.logger import Logger
+
+from ..interfaces import IContentStore
+from ..model import DataObject
+from .eviction import CacheEntry
+from .mime import SNIFF_BYTES, detect_mime
+from .pending import PendingDownload, State
+from .readers import StreamReader
+from .state import StateCorrupt, load_argus_cache, load_state, reconcile, save_state
+
+log = Logger()
+
+
+class CacheManager:
+    """Owns the assets directory through ``store`` and the eviction ``policy``.
+
+    Space: ``storage_used`` counts complete objects plus the space reserved
+    for downloads in progress; it never exceeds ``limit``. When nothing can
+    be evicted (every object is being read), ``reserve`` says no and the
+    caller proxies instead of caching.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: IContentStore,
+        policy: Any,
+        *,
+        limit: int,
+        state_path: Any,
+        legacy_state_dir: Any = None,
+        storage: Any = None,
+        idle_timeout: float = 5.0,
+        download_timeout: float = 3600.0,
+        reader_idle_timeout: float = 30.0,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.policy = policy
+        self.limit = limit
+        self.state_path = state_path
+        self.legacy_state_dir = legacy_state_dir
+        self.storage = storage
+        self.idle_timeout = idle_timeout
+        self.download_timeout = download_timeout
+        self.reader_idle_timeout = reader_idle_timeout
+        self.pending: dict[str, PendingDownload] = {}
+        self.reserved = 0
+        self.in_use: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+
+    # -- figures for /status ---------------------------------------------
+
+    @property
+    def objects_in_cache(self) -> int:
+        return len(self.policy)
+
+    @property
+    def storage_used(self) -> int:
+        return int(self.policy.total_size) + self.reserved
+
+    @property
+    def downloads_in_progress(self) -> int:
+        return len(self.pending)
+
+    def download_counts(self) -> dict[str, int]:
+        by_state: Counter[str] = Counter(p.state.name.lower() for p in self.pending.values())
+        return {
+            "waitingForSlot": by_state["waiting_for_slot"],
+            "findingSource": by_state["finding_source"],
+            "downloading": by_state["downloading"],
+            "completed": self.counts["completed"],
+            "failed": self.counts["failed"],
+        }
+
+    # -- lookups -----------------------------------------------------------
+
+    def cached(self, object_id: str) -> CacheEntry | None:
+        return self.policy.get(object_id)  # type: ignore[no-any-return]
+
+    def touch(self, object_id: str) -> None:
+        self.policy.access(object_id, self.reactor.seconds())
+
+    def pending_for(self, object_id: str) -> PendingDownload | None:
+        return self.pending.get(object_id)
+
+    def open_cached(self, object_id: str) -> BinaryIO:
+        return open(self.store.path_of(object_id).path, "rb")
+
+    def hold(self, object_id: str) -> Callable[[], None]:
+        """Mark an object in use (not evictable) until the returned call."""
+        self.in_use[object_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_use[object_id] -= 1
+                if self.in_use[object_id] <= 0:
+                    del self.in_use[object_id]
+
+        return release
+
+    # -- space ---------------------------------------------------------------
+
+    def reserve(self, size: int) -> bool:
+        """Make room for ``size`` bytes, evicting as needed; False if that
+        is impossible now (everything left is in use)."""
+        if size > self.limit:
+            return False
+        now = self.reactor.seconds()
+        while self.storage_used + size > self.limit:
+            victim = self.policy.pop_victim(now, lambda i: self.in_use.get(i, 0) > 0)
+            if victim is None:
+                return False
+            self._delete_file(victim)
+            log.info("evicted object {objectId}", objectId=victim)
+            self.counts["evicted"] += 1
+        self.reserved += size
+        return True
+
+    def _delete_file(self, object_id: str) -> None:
+        try:
+            self.store.remove(object_id)
+        except OSError as e:
+            log.error("cannot remove object {objectId}: {error}", objectId=object_id, error=e)
+
+    def remove(self, object_id: str) -> None:
+        if object_id in self.policy and not self.in_use.get(object_id):
+            self.policy.remove(object_id)
+            self._delete_file(object_id)
+
+    # -- downloads -------------------------------------------------------
+
+    def start_download(self, obj: DataObject) -> PendingDownload:
+        """Start fetching ``obj`` (space must have been reserved)."""
+        assert obj.id not in self.pending
+        storage = self.storage
+        pending = PendingDownload(
+            obj=obj,
+            reactor=self.reactor,
+            temp=self.store.open_temp(obj.id),
+            find_sources=lambda exclude: storage.find_sources(obj, exclude),
+            fetch=lambda endpoint, object_id, offset: storage.client.get_object(endpoint, object_id, offset),
+            acquire_slot=storage.download_slot,
+            idle_timeout=self.idle_timeout,
+            total_timeout=self.download_timeout,
+            on_source_ok=lambda endpoint: storage.remember_source(obj.id, endpoint),
+            on_source_failed=lambda endpoint: storage.forget_source(obj.id, endpoint.url),
+        )
+        self.pending[obj.id] = pending
+        log.info("object {objectId}: download started ({size} bytes)", objectId=obj.id, size=obj.size)
+        pending.start().addCallback(self._download_done, pending)
+        return pending
+
+    def _download_done(self, ok: bool, pending: PendingDownload) -> None:
+        obj = pending.obj
+        del self.pending[obj.id]
+        self.reserved -= obj.size
+        if not ok:
+            self.counts["failed"] += 1
+            return
+        self.counts["completed"] += 1
+        mime = detect_mime(pending.head_bytes[:SNIFF_BYTES])
+        if mime == "application/octet-stream" and obj.mime_type:
+            mime = obj.mime_type
+        self.policy.add(obj.id, obj.size, self.reactor.seconds(), popularity=max(1, len(pending.readers)))
+        self.policy.set_mime_type(obj.id, mime)
+        self.set_hash(obj.id, obj.ipfs_hash)
+        log.info("object {objectId}: cached ({size} bytes, {mime})", objectId=obj.id, size=obj.size, mime=mime)
+
+    def set_hash(self, object_id: str, ipfs_hash: str) -> None:
+        setter = getattr(self.policy, "set_ipfs_hash", None)
+        if setter is not None:
+            setter(object_id, ipfs_hash)
+
+    def reader(
+        self,
+        consumer: Any,
+        object_id: str,
+        start: int,
+        end: int,
+        abort: Callable[[], None],
+        pending: PendingDownload | None = None,
+    ) -> StreamReader:
+        """A reader of ``[start, end)`` of a cached object, or of ``pending``."""
+        release = self.hold(object_id)
+        if pending is not None:
+            path = pending.temp.path.path
+            open_file: Callable[[], BinaryIO] = lambda: open(path, "rb")
+        else:
+            open_file = lambda: self.open_cached(object_id)
+        return StreamReader(
+            self.reactor,
+            consumer,
+            open_file,
+            start,
+            end,
+            pending if pending is not None and pending.state is not State.COMPLETED else None,
+            self.reader_idle_timeout,
+            on_release=release,
+            abort=abort,
+        )
+
+    # -- state -----------------------------------------------------------------
+
+    def load(self, supported: set[str] | None = None, expected_sizes: dict[str, int] | None = None) -> None:
+        """Start-up: load state (ours, or the original node's), reconcile with
+        the files, drop leftovers. Never fatal."""
+        removed = self.store.remove_temporaries()
+        if removed:
+            log.warn("removed {count} partial files left by an earlier run", count=removed)
+        entries: list[CacheEntry] | None = None
+        try:
+            entries = load_state(self.state_path)
+        except StateCorrupt as e:
+            log.warn("cache state is corrupt ({error}): rebuilding it from the files", error=str(e))
+        if entries is None and self.legacy_state_dir is not None:
+            try:
+                entries = load_argus_cache(self.legacy_state_dir)
+            except StateCorrupt as e:
+                log.warn("the original node's cache.json is corrupt ({error}): ignoring it", error=str(e))
+            else:
+                if entries is not None:
+                    log.info("adopted the original node's cache state ({count} objects)", count=len(entries))
+        files = self.store.list_objects()
+        result = reconcile(entries or [], files, supported, self.reactor.seconds(), expected_sizes=expected_sizes)
+        for object_id in result.drop_files:
+            self._delete_file(object_id)
+        self.policy.add_entries(result.keep)
+        if result.drop_files or result.drop_entries or result.adopted:
+            log.info(
+                "cache reconciled: {kept} kept, {adopted} adopted, {dropped} files dropped, {stale} stale entries",
+                kept=len(result.keep) - len(result.adopted),
+                adopted=len(result.adopted),
+                dropped=len(result.drop_files),
+                stale=len(result.drop_entries),
+            )
+        over = self.storage_used - self.limit
+        if over > 0:
+            log.warn("cache holds {over} bytes above limits.storage: evicting", over=over)
+            self.reserve(0)
+
+    def save(self) -> None:
+        save_state(self.state_path, list(self.policy.entries()))
+
+    def cleanup(self, supported: Iterable[str]) -> int:
+        """Drop cached objects no longer supported; returns how many."""
+        keep = set(supported)
+        dropped = 0
+        for entry in list(self.policy.entries()):
+            if entry.object_id not in keep and not self.in_use.get(entry.object_id):
+                self.remove(entry.object_id)
+                dropped += 1
+        if dropped:
+            log.info("cleanup dropped {count} objects no longer supported", count=dropped)
+        return dropped
+
+    def stop(self, reactor: Any, grace: float) -> Deferred[None]:
+        """Shutdown: abandon downloads (readers aborted, partial files
+        removed) and save state."""
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        waits = []
+        for pending in list(self.pending.values()):
+            waits.append(pending.when_done())
+            pending.cancel("the node is shutting down")
+        if waits:
+            await DeferredList(waits, consumeErrors=True)
+        try:
+            self.save()
+            log.info("cache state saved ({count} objects)", count=len(self.policy))
+        except OSError as e:
+            log.error("cannot save cache state: {error}", error=e)

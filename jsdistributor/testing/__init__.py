@@ -1,0 +1,1 @@
+"""Verified fakes for tests (and users) of jsdistributor."""

@@ -1,0 +1,124 @@
+"""Builds the node's parts from its config: one connection pool, the
+metadata source, the storage nodes, the cache, the asset server and the
+periodic tasks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+
+from .assets import AssetServer
+from .cache.eviction import LruSpPolicy
+from .cache.manager import CacheManager
+from .cache.store import ContentStore
+from .errors import MetadataUnavailable
+from .metadata import make_metadata_source
+from .storage.client import StorageClient, make_pool
+from .storage.sources import StorageNodes
+
+if TYPE_CHECKING:
+    from .node import DistributorNode
+
+log = Logger()
+
+STATE_FILE = "jsdistributor-cache.json"
+
+
+@frozen
+class Components:
+    metadata: Any
+    storage: Any
+    cache: CacheManager
+    assets: AssetServer
+    services: tuple[Any, ...]
+
+
+def build_components(node: DistributorNode) -> Components:
+    from .node import timer
+
+    config = node.config
+    reactor = node.reactor
+    limits = config.limits
+    timeout = limits.outbound_requests_timeout_ms / 1000.0
+    pool = make_pool(reactor, limits.max_concurrent_outbound_connections)
+    metadata = make_metadata_source(config, reactor, pool)
+    client = StorageClient(reactor, pool, timeout, max_connections=limits.max_concurrent_outbound_connections)
+    storage = StorageNodes(
+        reactor,
+        client,
+        metadata,
+        probe_interval=config.intervals.check_storage_node_response_times,
+        source_ttl=limits.data_object_source_by_object_id_ttl,
+        max_concurrent_downloads=limits.max_concurrent_storage_node_downloads,
+    )
+    state_dir = FilePath(str(config.directories.cache_state))
+    cache = CacheManager(
+        reactor,
+        ContentStore(FilePath(str(config.directories.assets))),
+        LruSpPolicy(),
+        limit=limits.storage,
+        state_path=state_dir.child(STATE_FILE),
+        legacy_state_dir=state_dir,
+        storage=storage,
+        idle_timeout=max(timeout, 1.0),
+        download_timeout=limits.pending_download_timeout_sec,
+        reader_idle_timeout=max(4 * timeout, 10.0),
+    )
+    assets = AssetServer(reactor, cache, metadata, node.selection, storage, limits.max_cached_item_size)
+
+    async def supported_ids() -> set[str] | None:
+        try:
+            objects = await metadata.list_bucket_objects(node.selection)
+        except MetadataUnavailable as e:
+            log.warn("cannot list this node's objects ({error}); cleanup skipped", error=str(e))
+            return None
+        return set(objects)
+
+    async def cleanup() -> None:
+        ids = await supported_ids()
+        if ids is not None:
+            cache.cleanup(ids)
+
+    def save() -> None:
+        cache.save()
+
+    services = (
+        _StartupService(cache),
+        storage.service() if hasattr(storage, "service") else _StorageService(storage),
+        timer(config.intervals.save_cache_state, save, reactor, "save cache state"),
+        timer(config.intervals.cache_cleanup, lambda: ensureDeferred(cleanup()), reactor, "cache cleanup"),
+    )
+    return Components(metadata=metadata, storage=storage, cache=cache, assets=assets, services=services)
+
+
+class _StartupService(Service):
+    """Loads and reconciles the cache state when the node starts."""
+
+    def __init__(self, cache: CacheManager) -> None:
+        self._cache = cache
+        self.setName("cache state")
+
+    def startService(self) -> None:
+        super().startService()
+        self._cache.load()
+
+
+class _StorageService(Service):
+    """Probes storage nodes periodically."""
+
+    def __init__(self, storage: Any) -> None:
+        self._storage = storage
+        self.setName("storage node probes")
+
+    def startService(self) -> None:
+        super().startService()
+        self._storage.start()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self._storage.stop()
