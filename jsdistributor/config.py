@@ -240,7 +240,7 @@ def masked_config_dict(config: NodeConfig) -> dict[str, Any]:
         if file.max_files is not None:
             file_out["maxFiles"] = file.max_files
         if file.max_size is not None:
-            file_out["maxSize"] = format_size(file.max_size)
+            file_out["maxSize"] = file.max_size  # an integer, as the original node wants
         if file.frequency is not None:
             file_out["frequency"] = file.frequency
         file_out["archive"] = file.archive
@@ -347,21 +347,20 @@ class _ConfigLoader(yaml.SafeLoader):
     in one mapping is an error.
     """
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[tuple[str, str]] = set()
-            for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                    marker = (key_node.tag, key_node.value)
-                    if marker in seen:
-                        raise yaml.constructor.ConstructorError(
-                            "while reading a mapping",
-                            node.start_mark,
-                            f"found the key {key_node.value!r} twice",
-                            key_node.start_mark,
-                        )
-                    seen.add(marker)
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                marker = (key_node.tag, key_node.value)
+                if marker in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"found the key {key_node.value!r} twice",
+                        key_node.start_mark,
+                    )
+                seen.add(marker)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YAML11_TAGS = {
@@ -544,21 +543,22 @@ class _Problem:
     message: str
 
 
-_FORMATS = FormatChecker(formats=())
-
-
-@_FORMATS.checks("bytesize", raises=ValueError)
 def _is_size(value: object) -> bool:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         parse_size(value)
     return True  # other types: the "type" rule reports them
 
 
-@_FORMATS.checks("bucket-id", raises=ValueError)
 def _is_bucket_id(value: object) -> bool:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         normalize_bucket_id(value)
     return True
+
+
+#: The schema's own formats; a ValueError's message becomes the problem.
+_FORMATS = FormatChecker(formats=())
+_FORMATS.checks("bytesize", raises=ValueError)(_is_size)
+_FORMATS.checks("bucket-id", raises=ValueError)(_is_bucket_id)
 
 
 @functools.cache
@@ -826,30 +826,37 @@ def render_config_reference() -> str:
     lines = [_REFERENCE_INTRO]
     required = set(schema.get("required", []))
     for key, sub in schema["properties"].items():
-        _render_key(lines, (key,), sub, key in required)
+        _render_key(lines, (key,), sub, key in required, parent_required=True)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _render_key(lines: list[str], path: tuple[str, ...], schema: Mapping[str, Any], required: bool) -> None:
+def _render_key(
+    lines: list[str],
+    path: tuple[str, ...],
+    schema: Mapping[str, Any],
+    required: bool,
+    parent_required: bool,
+) -> None:
     level = "#" * min(2 + len(path), 5)
     lines.append(f"{level} `{'.'.join(path)}`")
     lines.append("")
     lines.append(schema.get("description", ""))
     lines.append("")
     lines.append(f"- Type: {_schema_type_phrase(schema)}")
-    if required:
+    if required and parent_required:
         lines.append("- Required")
+    elif required:
+        lines.append(f"- Required when `{'.'.join(path[:-1])}` is given")
     elif "default" in schema:
         lines.append(f"- Optional, default `{json.dumps(schema['default'])}`")
     else:
         lines.append("- Optional")
-    if schema.get("type") != "object":
-        lines.append(f"- Environment: `{env_var_name(path)}`")
+    lines.append(f"- Environment: `{env_var_name(path)}`")
     lines.append("")
     if schema.get("type") == "object":
         sub_required = set(schema.get("required", []))
         for key, sub in schema.get("properties", {}).items():
-            _render_key(lines, path + (key,), sub, key in sub_required)
+            _render_key(lines, path + (key,), sub, key in sub_required, required and parent_required)
 
 
 def _schema_type_phrase(schema: Mapping[str, Any]) -> str:

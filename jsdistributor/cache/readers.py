@@ -128,7 +128,6 @@ class StreamReader:
             self._abort_transport()
         if not self.done.called:
             self.done.errback(ReaderAborted(reason))
-        self.done.addErrback(lambda f: f.trap(ReaderAborted, CancelledError))
 
     # -- IPushProducer ----------------------------------------------------
 
@@ -145,7 +144,6 @@ class StreamReader:
             self._release()
             if not self.done.called:
                 self.done.errback(CancelledError("client went away"))
-                self.done.addErrback(lambda f: f.trap(CancelledError))
 
     # -- the source tells us ----------------------------------------------
 

@@ -29,7 +29,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.web._newclient import RequestTransmissionFailed
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
@@ -174,11 +175,11 @@ class _ReleasingProtocol(Protocol):
         self._wrapped.dataReceived(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        # Release first: the wrapped protocol may start the next request
+        # (or check the client's state) from its connectionLost.
         self.connected = 0
-        try:
-            self._wrapped.connectionLost(reason)
-        finally:
-            self._release()
+        self._release()
+        self._wrapped.connectionLost(reason)
 
 
 class _Abandon(Protocol):
@@ -380,10 +381,38 @@ class StorageClient:
         """``Agent.request``; a URL it cannot use fails the Deferred."""
         return maybeDeferred(lambda: self._agent.request(method, url.encode("ascii"), headers))
 
+    def _time_limit(self, d: Deferred[Any], what: str, url: str) -> Deferred[Any]:
+        """Cancel ``d`` after ``timeout`` seconds and fail it with
+        StorageError then. (``Deferred.addTimeout`` cannot be used: the
+        Agent reports a cancelled request as ``ResponseNeverReceived``
+        wrapping the ``CancelledError``, which ``addTimeout`` does not
+        recognise.)"""
+        timed_out = False
+
+        def expire() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        call = self._reactor.callLater(self._timeout, expire)
+
+        def done(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            if timed_out and isinstance(result, Failure) and _is_cancellation(result):
+                error = StorageError(f"{what} {url}: no answer within {self._timeout:g} s")
+                return Failure(error)
+            return result
+
+        return d.addBoth(done)
+
     def _fail(self, failure: Failure, what: str, url: str) -> Failure:
-        """Translate a request failure into StorageError (cancel passes)."""
-        if failure.check(StorageError, CancelledError):
+        """Translate a request failure into StorageError; a cancellation
+        by the caller becomes a plain CancelledError."""
+        if failure.check(StorageError):
             return failure
+        if _is_cancellation(failure):
+            return failure if failure.check(CancelledError) else Failure(CancelledError())
         if failure.check(TimeoutError, ConnectingTimeoutError):
             message = f"{what} {url}: no answer within {self._timeout:g} s"
         else:
@@ -402,8 +431,7 @@ class StorageClient:
                 detail = ": " + body[:200].decode("utf-8", "replace").strip()
             raise StorageError(f"{what} {url}: status {response.code}{detail}")
 
-        d = _read_prefix(response)
-        d.addTimeout(self._timeout, self._reactor)
+        d = self._time_limit(_read_prefix(response), what, url)
         d.addBoth(raise_error)
         return d
 
@@ -421,7 +449,7 @@ class StorageClient:
                 return self._status_error(response, "HEAD", url)  # type: ignore[return-value]
 
             d.addCallback(got)
-            d.addTimeout(self._timeout, self._reactor)
+            self._time_limit(d, "HEAD", url)
             d.addErrback(self._fail, "HEAD", url)
             d.addBoth(_passthrough(release))
             return d
@@ -442,8 +470,7 @@ class StorageClient:
         range_header = _range_header(offset, end)
 
         def work(release: Callable[[], None]) -> Deferred[StorageResponse]:
-            d = self._request(b"GET", url, self._headers(range_header))
-            d.addTimeout(self._timeout, self._reactor)
+            d = self._time_limit(self._request(b"GET", url, self._headers(range_header)), "GET", url)
 
             def got(response: IResponse) -> StorageResponse | Deferred[None]:
                 if response.code in (200, 206):
@@ -476,12 +503,21 @@ class StorageClient:
                 return _read_prefix(response).addCallback(lambda _: self._reactor.seconds() - started)
 
             d.addCallback(got)
-            d.addTimeout(self._timeout, self._reactor)
+            self._time_limit(d, "probe", url)
             d.addErrback(self._fail, "probe", url)
             d.addBoth(_passthrough(release))
             return d
 
         return self._with_slot(work)
+
+
+def _is_cancellation(failure: Failure) -> bool:
+    """A CancelledError, bare or wrapped by the HTTP client."""
+    if failure.check(CancelledError):
+        return True
+    if failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed):
+        return any(isinstance(r, Failure) and r.check(CancelledError) for r in failure.value.reasons)
+    return False
 
 
 def _passthrough(func: Callable[[], None]) -> Callable[[Any], Any]:

@@ -19,7 +19,8 @@ Faults are injected with *knobs* (:class:`Knobs`), set globally with
 the global one), changeable at any time; they apply to requests received
 afterwards.
 
-Observability: ``requests`` (log of :class:`RequestRecord`), ``counts``
+Observability: ``requests`` (log of :class:`RequestRecord`) and
+``request_headers`` (their headers), ``counts``
 (per method), ``in_flight`` / ``max_in_flight`` (requests being served at
 once: from arrival to the end of the response or of the connection),
 ``bytes_sent`` (body bytes), ``reset_stats()``.
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any, Callable, NamedTuple, Protocol
@@ -45,6 +48,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProdu
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -247,8 +251,9 @@ class _Sink(Protocol):
 
 
 class _RequestSink:
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, clock: Any) -> None:
         self._request = request
+        self._clock = clock
 
     def register(self, producer: IPushProducer) -> None:
         self._request.registerProducer(producer, True)
@@ -265,9 +270,34 @@ class _RequestSink:
         self._request.loseConnection()
 
     def abort(self) -> None:
+        """Reset the connection (TCP RST) once what was written is sent.
+
+        ``abortConnection`` alone drops Twisted's unsent buffer, and closes
+        with a FIN; ``loseConnection`` flushes but always ends with a FIN.
+        So: SO_LINGER 0 (a close sends RST), wait until the transport's
+        buffer is empty, then ``abortConnection``."""
         self._request.unregisterProducer()
         transport = self._request.transport
-        if transport is not None:
+        if transport is None:
+            return
+        try:
+            transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (AttributeError, OSError):
+            transport.abortConnection()  # not a real socket
+            return
+        self._abort_when_flushed(transport, 1000)
+
+    def _abort_when_flushed(self, transport: Any, tries: int) -> None:
+        if getattr(transport, "disconnected", False):
+            return
+        pending = (
+            len(getattr(transport, "dataBuffer", b""))
+            - getattr(transport, "offset", 0)
+            + getattr(transport, "_tempDataLen", 0)
+        )
+        if pending > 0 and tries > 0:
+            self._clock.callLater(0, self._abort_when_flushed, transport, tries - 1)
+        else:
             transport.abortConnection()
 
 
@@ -319,6 +349,7 @@ class BodyStreamer:
         self._producing = False
         self._ended = False
         self._delayed: IDelayedCall | None = None
+        self._rate_origin: tuple[float, int] | None = None
 
     @property
     def sent(self) -> int:
@@ -357,7 +388,13 @@ class BodyStreamer:
                 self._on_bytes(n)
                 self._sink.write(data)
                 if rate and self._sent < self._limit:
-                    self._delayed = self._clock.callLater(n / rate, self._tick)
+                    # Due time from a fixed origin: timer lateness does not
+                    # accumulate into a slower rate.
+                    if self._rate_origin is None:
+                        self._rate_origin = (self._clock.seconds(), self._sent - n)
+                    origin, base = self._rate_origin
+                    due = origin + (self._sent - base) / rate
+                    self._delayed = self._clock.callLater(max(0.0, due - self._clock.seconds()), self._tick)
                     return
             if self._sent >= self._limit and not self._stopped:
                 self._end()
@@ -384,6 +421,8 @@ class BodyStreamer:
         self._paused = True
 
     def resumeProducing(self) -> None:
+        if self._paused:
+            self._rate_origin = None  # no burst to catch up the paused time
         self._paused = False
         if self._delayed is None:
             self._produce()
@@ -412,7 +451,8 @@ class StorageNodeSimulator(Resource):
     """The root resource of a simulated storage node, with its knobs.
 
     ``clock`` times latency and throttling (the reactor; a ``Clock`` in
-    unit tests).
+    unit tests); ``reactor`` (default: ``clock``) runs the network-side
+    chores (waiting for a flush before a reset).
     """
 
     def __init__(
@@ -420,15 +460,19 @@ class StorageNodeSimulator(Resource):
         clock: Any,
         objects: dict[str, bytes] | None = None,
         directory: str | Path | None = None,
+        reactor: Any = None,
     ) -> None:
         super().__init__()
         self.clock = clock
+        self.reactor = reactor if reactor is not None else clock
         #: In-memory objects; mutate freely.
         self.objects: dict[str, bytes] = dict(objects or {})
         self.directory: Path | None = Path(directory) if directory is not None else None
         self.knobs = Knobs()
         self._object_knobs: dict[str, dict[str, Any]] = {}
         self.requests: list[RequestRecord] = []
+        #: The request headers of each entry of ``requests``.
+        self.request_headers: list[Headers] = []
         self.counts: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -484,6 +528,7 @@ class StorageNodeSimulator(Resource):
     def reset_stats(self) -> None:
         """Clear the request log, counters, max in-flight and bytes sent."""
         self.requests.clear()
+        self.request_headers.clear()
         self.counts.clear()
         self.max_in_flight = self.in_flight
         self.bytes_sent = 0
@@ -497,6 +542,7 @@ class StorageNodeSimulator(Resource):
     # Serving.
     def _begin(self, request: Request, record: RequestRecord) -> None:
         self.requests.append(record)
+        self.request_headers.append(request.requestHeaders.copy())
         self.counts[record.method] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -598,7 +644,7 @@ class StorageNodeSimulator(Resource):
             start, end = 0, size - 1
             request.setResponseCode(200)
         streamer = BodyStreamer(
-            self.clock, source, start, end - start + 1, knobs, _RequestSink(request), self._count_bytes
+            self.clock, source, start, end - start + 1, knobs, _RequestSink(request, self.reactor), self._count_bytes
         )
         request.setHeader(b"content-length", b"%d" % (streamer.declared_length,))
         request.setHeader(b"accept-ranges", b"bytes")
@@ -745,7 +791,9 @@ def start_storage_sim(
 
     ``clock`` (default ``reactor``) times latency and throttling.
     """
-    sim = StorageNodeSimulator(clock if clock is not None else reactor, objects=objects, directory=directory)
+    sim = StorageNodeSimulator(
+        clock if clock is not None else reactor, objects=objects, directory=directory, reactor=reactor
+    )
     site = _QuietSite(sim, reactor=reactor)
     factory = _ConnectionTracker(site, sim)
     listening = reactor.listenTCP(port, factory, interface=interface)

@@ -1,0 +1,7 @@
+"""``python -m jsdistributor``: the ``jsdistributor`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
