@@ -50,6 +50,7 @@ class AssetServer:
         metadata: Any,
         selection: Any,
         storage: Any,
+        client: Any,
         max_cached_item_size: int | None,
     ) -> None:
         self.reactor = reactor
@@ -57,6 +58,7 @@ class AssetServer:
         self.metadata = metadata
         self.selection = selection
         self.storage = storage
+        self.client = client
         self.max_cached_item_size = max_cached_item_size
 
     def render(self, request: Any, object_id: str) -> Any:
@@ -231,7 +233,7 @@ class AssetServer:
         sources = await self.storage.find_sources(obj)
         for endpoint in sources:
             try:
-                response = await self.storage.client.get_object(
+                response = await self.client.get_object(
                     endpoint, obj.id, window.start, window.end - 1 if plan is not None else None
                 )
             except StorageError as e:

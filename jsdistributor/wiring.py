@@ -65,11 +65,12 @@ def build_components(node: DistributorNode) -> Components:
         state_path=state_dir.child(STATE_FILE),
         legacy_state_dir=state_dir,
         storage=storage,
+        client=client,
         idle_timeout=max(timeout, 1.0),
         download_timeout=limits.pending_download_timeout_sec,
         reader_idle_timeout=max(4 * timeout, 10.0),
     )
-    assets = AssetServer(reactor, cache, metadata, node.selection, storage, limits.max_cached_item_size)
+    assets = AssetServer(reactor, cache, metadata, node.selection, storage, client, limits.max_cached_item_size)
 
     async def supported_ids() -> set[str] | None:
         try:
@@ -88,8 +89,9 @@ def build_components(node: DistributorNode) -> Components:
         cache.save()
 
     services = (
+        _PoolService(pool),
         _StartupService(cache),
-        storage.service() if hasattr(storage, "service") else _StorageService(storage),
+        storage,
         timer(config.intervals.save_cache_state, save, reactor, "save cache state"),
         timer(config.intervals.cache_cleanup, lambda: ensureDeferred(cleanup()), reactor, "cache cleanup"),
     )
@@ -108,17 +110,14 @@ class _StartupService(Service):
         self._cache.load()
 
 
-class _StorageService(Service):
-    """Probes storage nodes periodically."""
 
-    def __init__(self, storage: Any) -> None:
-        self._storage = storage
-        self.setName("storage node probes")
+class _PoolService(Service):
+    """Closes the outbound connection pool when the node stops."""
 
-    def startService(self) -> None:
-        super().startService()
-        self._storage.start()
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self.setName("outbound connection pool")
 
     def stopService(self) -> Any:
         super().stopService()
-        return self._storage.stop()
+        return self._pool.closeCachedConnections()

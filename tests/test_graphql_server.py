@@ -30,9 +30,7 @@ REFERENCE = Path("/work/shared/reference")
 
 
 def operation_names(document: str) -> list[str]:
-    return [
-        d.name.value for d in parse(document).definitions if isinstance(d, OperationDefinitionNode) and d.name
-    ]
+    return [d.name.value for d in parse(document).definitions if isinstance(d, OperationDefinitionNode) and d.name]
 
 
 class SchemaTests(SynchronousTestCase):

@@ -40,6 +40,7 @@ class CacheManager:
         state_path: Any,
         legacy_state_dir: Any = None,
         storage: Any = None,
+        client: Any = None,
         idle_timeout: float = 5.0,
         download_timeout: float = 3600.0,
         reader_idle_timeout: float = 30.0,
@@ -51,6 +52,7 @@ class CacheManager:
         self.state_path = state_path
         self.legacy_state_dir = legacy_state_dir
         self.storage = storage
+        self.client = client
         self.idle_timeout = idle_timeout
         self.download_timeout = download_timeout
         self.reader_idle_timeout = reader_idle_timeout
@@ -146,13 +148,13 @@ class CacheManager:
     def start_download(self, obj: DataObject) -> PendingDownload:
         """Start fetching ``obj`` (space must have been reserved)."""
         assert obj.id not in self.pending
-        storage = self.storage
+        storage, client = self.storage, self.client
         pending = PendingDownload(
             obj=obj,
             reactor=self.reactor,
             temp=self.store.open_temp(obj.id),
             find_sources=lambda exclude: storage.find_sources(obj, exclude),
-            fetch=lambda endpoint, object_id, offset: storage.client.get_object(endpoint, object_id, offset),
+            fetch=lambda endpoint, object_id, offset: client.get_object(endpoint, object_id, offset),
             acquire_slot=storage.download_slot,
             idle_timeout=self.idle_timeout,
             total_timeout=self.download_timeout,
@@ -238,12 +240,12 @@ class CacheManager:
         result = reconcile(entries or [], files, supported, self.reactor.seconds(), expected_sizes=expected_sizes)
         for object_id in result.drop_files:
             self._delete_file(object_id)
-        self.policy.add_entries(result.keep)
-        if result.drop_files or result.drop_entries or result.adopted:
+        self.policy.add_entries(result.entries)
+        if result.drop_files or result.drop_entries or result.adopt:
             log.info(
                 "cache reconciled: {kept} kept, {adopted} adopted, {dropped} files dropped, {stale} stale entries",
-                kept=len(result.keep) - len(result.adopted),
-                adopted=len(result.adopted),
+                kept=len(result.keep),
+                adopted=len(result.adopt),
                 dropped=len(result.drop_files),
                 stale=len(result.drop_entries),
             )

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import secrets
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NoReturn
 
@@ -32,9 +33,11 @@ from attrs import field, frozen
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
-from jsdistributor.cache.eviction import CacheEntry
+from jsdistributor.cache.eviction import CacheEntry, gc_paused
 from jsdistributor.cache.store import fsync_directory
 from jsdistributor.model import is_valid_object_id
+
+_new = tuple.__new__
 
 log = Logger()
 
@@ -74,10 +77,6 @@ def is_valid_mime_type(value: object) -> bool:
 # -- saving ------------------------------------------------------------------
 
 
-def _row(entry: CacheEntry) -> list[Any]:
-    return [entry.object_id, entry.size, entry.popularity, entry.last_access, entry.mime_type]
-
-
 def save_state(path: PathLike, entries: Iterable[CacheEntry]) -> None:
     """Write ``entries`` to ``path`` atomically (creating its directory).
 
@@ -88,20 +87,19 @@ def save_state(path: PathLike, entries: Iterable[CacheEntry]) -> None:
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
     temp = "%s.%s.tmp" % (target, secrets.token_hex(8))
+    # CacheEntry is a tuple: json encodes it as [id, size, popularity, lastAccess, mime].
     dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    rows = iter(entries)
     try:
-        with open(temp, "x", encoding="utf-8") as f:
+        with gc_paused(), open(temp, "x", encoding="utf-8") as f:
             f.write('{"version":%d,"entries":[' % (STATE_VERSION,))
-            batch: list[list[Any]] = []
-            first = True
-            for entry in entries:
-                batch.append(_row(entry))
-                if len(batch) >= _BATCH:
-                    f.write(("\n" if first else ",\n") + dumps(batch)[1:-1])
-                    first = False
-                    batch = []
-            if batch:
-                f.write(("\n" if first else ",\n") + dumps(batch)[1:-1])
+            separator = "\n"
+            while True:
+                batch = list(islice(rows, _BATCH))
+                if not batch:
+                    break
+                f.write(separator + dumps(batch)[1:-1])
+                separator = ",\n"
             f.write("\n]}\n")
             f.flush()
             os.fsync(f.fileno())
@@ -156,6 +154,11 @@ def load_state(path: PathLike) -> list[CacheEntry] | None:
     another version, or has any malformed or duplicate entry.
     """
     filename = _path(path)
+    with gc_paused():
+        return _load_state(filename)
+
+
+def _load_state(filename: str) -> list[CacheEntry] | None:
     document = _read_json(filename)
     if document is _MISSING:
         return None
@@ -186,7 +189,7 @@ def load_state(path: PathLike) -> list[CacheEntry] | None:
         if mime_type is not None and not is_valid_mime_type(mime_type):
             raise StateCorrupt("%s: entry %d: invalid mime type %r" % (filename, index, mime_type))
         seen.add(object_id)
-        entries.append(CacheEntry(object_id, size, popularity, float(last_access), mime_type))
+        entries.append(_new(CacheEntry, (object_id, size, popularity, float(last_access), mime_type)))
     return entries
 
 

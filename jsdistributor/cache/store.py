@@ -89,7 +89,10 @@ class TempObject:
         ``ValueError`` once committed or discarded."""
         if self._file is None:
             raise ValueError("write to %s temporary of object %s" % (self._state, self.object_id))
-        self._file.write(data)
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            view = view[written:]
         self.bytes_written += len(data)
 
     def commit(self) -> None:
@@ -188,7 +191,9 @@ class ContentStore:
         os.makedirs(self.temp_dir.path, exist_ok=True)
         name = "%s.%s%s" % (object_id, secrets.token_hex(8), TEMP_SUFFIX)
         path = self.temp_dir.child(name)
-        file = open(path.path, "xb")
+        # Unbuffered: every write reaches the OS at once, so readers following
+        # a pending download (through their own file handles) see the bytes.
+        file = open(path.path, "xb", buffering=0)
         self._open_temps.add(path.path)
         return TempObject(self, object_id, path, final, file)
 

@@ -80,7 +80,9 @@ class _CatalogLoader(yaml.SafeLoader):
 
 
 _CatalogLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    first: [
+        (tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _CatalogLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
@@ -103,7 +105,9 @@ def read_catalog_document(path: str | os.PathLike[str]) -> Any:
             return json.loads(text)
         return yaml.load(text, Loader=_CatalogLoader)  # noqa: S506 - a SafeLoader subclass
     except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(["catalog %s: not valid %s: %s" % (path, "JSON" if path.suffix == ".json" else "YAML", e)]) from e
+        raise ConfigError(
+            ["catalog %s: not valid %s: %s" % (path, "JSON" if path.suffix == ".json" else "YAML", e)]
+        ) from e
 
 
 def load_catalog(path: str | os.PathLike[str]) -> Dataset:
@@ -161,10 +165,7 @@ def _object_ok(obj: Any) -> bool:
         and isinstance(obj.get("ipfsHash"), str)
         and len(obj["ipfsHash"]) > 0
         and isinstance(obj.get("accepted", True), bool)
-        and (
-            "mimeType" not in obj
-            or (isinstance(obj["mimeType"], str) and len(obj["mimeType"]) > 0)
-        )
+        and ("mimeType" not in obj or (isinstance(obj["mimeType"], str) and len(obj["mimeType"]) > 0))
     )
 
 
@@ -275,7 +276,9 @@ def catalog_problems(document: Any) -> list[str]:
     ]
     if non_string_keys:
         return non_string_keys
-    problems = [_describe_error(e) for e in sorted(_schema_errors(document), key=lambda e: list(map(str, e.absolute_path)))]
+    problems = [
+        _describe_error(e) for e in sorted(_schema_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    ]
     if problems:
         return problems
     storage = document.get("storageNodes", {})
@@ -416,12 +419,12 @@ def catalog_entry_for_file(
 class CatalogBuilder:
     """Builds a catalog document step by step (demo and benchmark generators)::
 
-        builder = CatalogBuilder()
-        builder.add_storage_node("0", "http://127.0.0.1:3333/")
-        builder.add_distribution_bucket("0:0", worker_id=0)
-        builder.add_bag("dynamic:channel:1", storage_buckets=["0"], distribution_buckets=["0:0"])
-        builder.add_file("dynamic:channel:1", "1", "/data/1")
-        write_catalog("catalog.yml", builder.build())
+    builder = CatalogBuilder()
+    builder.add_storage_node("0", "http://127.0.0.1:3333/")
+    builder.add_distribution_bucket("0:0", worker_id=0)
+    builder.add_bag("dynamic:channel:1", storage_buckets=["0"], distribution_buckets=["0:0"])
+    builder.add_file("dynamic:channel:1", "1", "/data/1")
+    write_catalog("catalog.yml", builder.build())
     """
 
     def __init__(self) -> None:
@@ -439,7 +442,10 @@ class CatalogBuilder:
         return self
 
     def add_distribution_bucket(
-        self, bucket_id: str, worker_id: int | None = None, status: str = "ACTIVE",
+        self,
+        bucket_id: str,
+        worker_id: int | None = None,
+        status: str = "ACTIVE",
         operators: Iterable[tuple[int, str]] = (),
     ) -> CatalogBuilder:
         ops = [{"workerId": w, "status": s} for w, s in operators]
@@ -463,7 +469,9 @@ class CatalogBuilder:
         self._bags[bag_id]["objects"].append(dict(entry))
         return self
 
-    def add_file(self, bag_id: str, object_id: str, path: str | os.PathLike[str] | FilePath, **kwargs: Any) -> CatalogBuilder:
+    def add_file(
+        self, bag_id: str, object_id: str, path: str | os.PathLike[str] | FilePath, **kwargs: Any
+    ) -> CatalogBuilder:
         return self.add_object(bag_id, catalog_entry_for_file(path, object_id, **kwargs))
 
     def build(self) -> dict[str, Any]:

@@ -133,13 +133,28 @@ class GraphQLClient:
             {"query": document, "operationName": operation_name, "variables": dict(variables or {})}
         ).encode("utf-8")
         exchange = Deferred.fromCoroutine(self._exchange(body))
-        exchange.addTimeout(self.timeout, self._reactor)
+        # Not ``addTimeout``: cancelling the Agent's request fails it with
+        # ResponseNeverReceived(CancelledError), which it does not recognise.
+        timed_out: list[bool] = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            exchange.cancel()
+
+        timer = self._reactor.callLater(self.timeout, expire)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if timed_out and isinstance(result, Failure):
+                return Failure(TimeoutError())
+            return result
+
+        exchange.addBoth(done)
         return exchange.addErrback(self._failed, operation_name)
 
     async def _exchange(self, body: bytes) -> dict[str, Any]:
-        response = await self._http.post(
-            self.url, data=body, headers=_HEADERS, unbuffered=True, allow_redirects=False
-        )
+        response = await self._http.post(self.url, data=body, headers=_HEADERS, unbuffered=True, allow_redirects=False)
         content = await _read_body(response, self._max_response_size)
         return self._decode(response.code, content)
 
@@ -154,9 +169,7 @@ class GraphQLClient:
                 detail = ": " + _graphql_error_messages(answer["errors"])
             raise MetadataUnavailable("answered HTTP %d%s" % (status, detail))
         if not isinstance(answer, dict):
-            raise MetadataUnavailable(
-                "answered something that is not a JSON object (%r)" % (content[:80],)
-            )
+            raise MetadataUnavailable("answered something that is not a JSON object (%r)" % (content[:80],))
         if answer.get("errors"):
             raise MetadataUnavailable("answered GraphQL errors: " + _graphql_error_messages(answer["errors"]))
         data = answer.get("data")

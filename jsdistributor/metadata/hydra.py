@@ -106,8 +106,8 @@ class HydraMetadataSource(GraphQLMetadataSource):
     @staticmethod
     def _read_bucket_objects(buckets: list[dict[str, Any]]) -> dict[str, ObjectSummary]:
         objects: dict[str, ObjectSummary] = {}
-        for bucket in buckets:
-            bucket_path = "distributionBuckets[%s]" % (bucket.get("id"),)
+        for n, bucket in enumerate(buckets):
+            bucket_path = "distributionBuckets[%s]" % (str_field(bucket, "id", "distributionBuckets[%d]" % (n,)),)
             for i, bag in enumerate(list_field(bucket, "bags", bucket_path, nullable=True)):
                 bag_path = "%s.bags[%d]" % (bucket_path, i)
                 for j, obj in enumerate(list_field(bag, "objects", bag_path, nullable=True)):

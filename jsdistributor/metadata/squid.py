@@ -109,8 +109,8 @@ class SquidMetadataSource(GraphQLMetadataSource):
     @staticmethod
     def _read_bag_ids(buckets: list[dict[str, Any]]) -> list[str]:
         bag_ids: set[str] = set()
-        for bucket in buckets:
-            path = "distributionBuckets[%s]" % (bucket.get("id"),)
+        for n, bucket in enumerate(buckets):
+            path = "distributionBuckets[%s]" % (str_field(bucket, "id", "distributionBuckets[%d]" % (n,)),)
             for i, link in enumerate(list_field(bucket, "bags", path)):
                 bag = obj_field(link, "bag", "%s.bags[%d]" % (path, i))
                 bag_ids.add(str_field(bag, "id", "%s.bags[%d].bag" % (path, i)))

@@ -23,14 +23,19 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.error import TimeoutError as ConnectingTimeoutError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
-from twisted.web._newclient import RequestTransmissionFailed
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
@@ -413,7 +418,7 @@ class StorageClient:
             return failure
         if _is_cancellation(failure):
             return failure if failure.check(CancelledError) else Failure(CancelledError())
-        if failure.check(TimeoutError, ConnectingTimeoutError):
+        if failure.check(ConnectingTimeoutError):
             message = f"{what} {url}: no answer within {self._timeout:g} s"
         else:
             name = failure.type.__name__ if failure.type is not None else "error"

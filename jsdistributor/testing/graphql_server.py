@@ -44,6 +44,7 @@ from ..metadata.dataset import (
 Dialect = Literal["squid", "hydra"]
 FAIL_MODES = (None, "graphql_error", "http_500", "stall", "garbage")
 
+
 def sample_catalog() -> dict[str, Any]:
     """A small catalog exercising every case the sources handle: active,
     invited and endpoint-less storage buckets, a non-http endpoint, an
@@ -70,8 +71,12 @@ def sample_catalog() -> dict[str, Any]:
                 "distributionBuckets": ["0:0"],
                 "objects": [
                     {"id": "1", "size": 1234, "ipfsHash": "gW9T5gSXhgQB5LaqmnJrLVVpHawhM7youzHnuY6HyGBDy3"},
-                    {"id": "2", "size": 5, "ipfsHash": "gWDTHDubjMwfUeQJEhHXBk8L18UUUjFqXDjnAFgK3Wa52E",
-                     "accepted": False},
+                    {
+                        "id": "2",
+                        "size": 5,
+                        "ipfsHash": "gWDTHDubjMwfUeQJEhHXBk8L18UUUjFqXDjnAFgK3Wa52E",
+                        "accepted": False,
+                    },
                     {"id": "5", "size": 77, "ipfsHash": "gWsubtitle", "mimeType": "text/vtt"},
                 ],
             },
@@ -396,9 +401,7 @@ class _StorageBucket(_View):
         self.id = record.id
         self.acceptingNewBags = True
         self.operatorStatus = _operator_status(record, dialect)
-        self.operatorMetadata = (
-            None if record.endpoint is None else {"id": record.id, "nodeEndpoint": record.endpoint}
-        )
+        self.operatorMetadata = None if record.endpoint is None else {"id": record.id, "nodeEndpoint": record.endpoint}
 
 
 class _DistributionBucket(_View):
@@ -567,9 +570,7 @@ class _Root(_View):
                 raise ValueError("invalid cursor %r" % (after,))
             start = int(after[7:]) + 1
         end = len(buckets) if first is None else min(len(buckets), start + first)
-        edges = [
-            {"node": self.storage_bucket(buckets[i].id), "cursor": "cursor:%d" % (i,)} for i in range(start, end)
-        ]
+        edges = [{"node": self.storage_bucket(buckets[i].id), "cursor": "cursor:%d" % (i,)} for i in range(start, end)]
         return {
             "totalCount": len(buckets),
             "edges": edges,
@@ -607,7 +608,9 @@ class GraphQLResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, schema: GraphQLSchema, dataset: Dataset, dialect: Dialect = "squid", reactor: Any = None) -> None:
+    def __init__(
+        self, schema: GraphQLSchema, dataset: Dataset, dialect: Dialect = "squid", reactor: Any = None
+    ) -> None:
         super().__init__()
         self.schema = schema
         self.dataset = dataset
