@@ -230,18 +230,28 @@ class AssetServer:
             self._headers(request, obj.mime_type or DEFAULT_MIME, etag, cache, b"external", CACHE_PENDING)
             return self._short_answer(request, plan, obj.size)
         window = plan if plan is not None else ByteRange(0, obj.size, obj.size)
-        sources = await self.storage.find_sources(obj)
-        for endpoint in sources:
-            try:
-                response = await self.client.get_object(
-                    endpoint, obj.id, window.start, window.end - 1 if plan is not None else None
-                )
-            except StorageError as e:
-                log.warn("proxy: source {source} failed: {error}", source=endpoint.url, error=str(e))
-                self.storage.forget_source(obj.id, endpoint.url)
-                continue
-            if response.code not in (200, 206):
-                response.deliverBody(_Discard())
+        tried: set[str] = set()
+        while True:
+            sources = await self.storage.find_sources(obj, frozenset(tried))
+            if not sources:
+                break
+            response, endpoint = None, None
+            for endpoint in sources:
+                tried.add(endpoint.url)
+                try:
+                    response = await self.client.get_object(
+                        endpoint, obj.id, window.start, window.end - 1 if plan is not None else None
+                    )
+                except StorageError as e:
+                    log.warn("proxy: source {source} failed: {error}", source=endpoint.url, error=str(e))
+                    self.storage.forget_source(obj.id, endpoint.url)
+                    continue
+                if response.code not in (200, 206):
+                    response.abandon()
+                    response = None
+                    continue
+                break
+            if response is None:
                 continue
             upstream_offset = window.start if response.code == 206 else 0
             ctype = response.headers.getRawHeaders(b"content-type")
@@ -294,13 +304,3 @@ def _shielded(d: Deferred[Any]) -> Deferred[Any]:
     d.addCallbacks(forward, forward_error)
     return out
 
-
-class _Discard:
-    def makeConnection(self, transport: Any) -> None:
-        transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason: Any) -> None:
-        pass

@@ -178,6 +178,12 @@ class DistributorNode(MultiService):
 
     async def _stop(self) -> None:
         log.info("stopping: no new connections, finishing in-flight work")
+        # twistd re-raises the signal that stopped the reactor once it is
+        # done, so SIGTERM would end the process "killed by SIGTERM". Our
+        # stop is graceful and complete: exit 0, as operators (and systemd's
+        # Restart=on-failure) expect.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
         stops = [self.public_service.stop_listening()]
         if self.operator_service is not None:
             stops.append(self.operator_service.stop_listening())

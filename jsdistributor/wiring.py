@@ -19,6 +19,7 @@ from .cache.store import ContentStore
 from .errors import MetadataUnavailable
 from .metadata import make_metadata_source
 from .storage.client import StorageClient, make_pool
+from .storage.ranking import ResponseTimes
 from .storage.sources import StorageNodes
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def build_components(node: DistributorNode) -> Components:
         probe_interval=config.intervals.check_storage_node_response_times,
         source_ttl=limits.data_object_source_by_object_id_ttl,
         max_concurrent_downloads=limits.max_concurrent_storage_node_downloads,
+        response_times=ResponseTimes(failure_penalty=2 * timeout),
     )
     state_dir = FilePath(str(config.directories.cache_state))
     cache = CacheManager(

@@ -166,7 +166,7 @@ class LruSpTests(SynchronousTestCase):
         policy.add("2", 100, 0.0)
         self.assertTrue(policy.access("1", 0.0))
         self.assertEqual(policy.group_of("1"), 0)
-        self.assertEqual([e.object_id for e in policy.entries()], ["2", "1"])
+        self.assertEqual([e.object_id for e in policy.lru_entries()], ["2", "1"])
         self.assertEqual(policy.pop_victim(600.0), "2")
 
     def test_access_unknown(self) -> None:
@@ -207,11 +207,12 @@ class LruSpTests(SynchronousTestCase):
         self.assertEqual(policy.get("1"), CacheEntry("1", 10, 2, 5.0, "image/png"))
 
     def test_entries_round_trip(self) -> None:
-        # Adding entries() back in order rebuilds the same groups and order.
+        # add_entries(entries()) rebuilds the same groups and LRU order (the
+        # last access times are all different: 600, 300, 60, 120, 180).
         policy = _hand_example()
         copy = LruSpPolicy()
-        copy.add_entries(list(policy.entries()))
-        self.assertEqual(list(copy.entries()), list(policy.entries()))
+        copy.add_entries(reversed(list(policy.entries())))
+        self.assertEqual(list(copy.lru_entries()), list(policy.lru_entries()))
         self.assertEqual(
             [copy.pop_victim(1200.0) for _ in range(5)],
             ["2", "4", "5", "1", "3"],
@@ -383,6 +384,19 @@ class ModelTests(SynchronousTestCase):
                 object_id: CacheEntry(object_id, size, popularity, last, mime)
                 for object_id, (size, popularity, last, _seq, mime) in model.items.items()
             },
+        )
+        # Restoring from entries() (bulk add_entries) rebuilds the same
+        # entries in the same groups, each group in last-access order (the
+        # LRU order, unless the clock went backwards).
+        copy = LruSpPolicy()
+        copy.add_entries(list(policy.entries()))
+        self.assertEqual(sorted(copy.entries()), sorted(policy.entries()))
+        self.assertEqual(copy.total_size, policy.total_size)
+        self.assertEqual(len(copy), len(policy))
+        restored = list(copy.lru_entries())
+        self.assertEqual(
+            [(copy.group_of(e.object_id), e.last_access) for e in restored],
+            sorted((policy.group_of(e.object_id), e.last_access) for e in policy.entries()),
         )
         # Draining without anything in use empties the policy in model order.
         while model.items:

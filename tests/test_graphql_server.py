@@ -18,6 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from jsdistributor.metadata._shapes import load_document
 from jsdistributor.metadata.catalog import parse_catalog
 from jsdistributor.testing.graphql_server import (
+    Dialect,
     GraphQLResource,
     graphql_schema,
     sample_catalog,
@@ -25,7 +26,7 @@ from jsdistributor.testing.graphql_server import (
     stop_graphql_server,
 )
 
-DOCUMENTS = {"squid": "squid_queries.graphql", "hydra": "hydra_queries.graphql"}
+DOCUMENTS: dict[Dialect, str] = {"squid": "squid_queries.graphql", "hydra": "hydra_queries.graphql"}
 REFERENCE = Path("/work/shared/reference")
 
 
@@ -72,8 +73,8 @@ class ExecuteTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dataset = parse_catalog(sample_catalog())
 
-    def run_op(self, dialect: str, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
-        resource = GraphQLResource.for_dialect(dialect, self.dataset)  # type: ignore[arg-type]
+    def run_op(self, dialect: Dialect, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
+        resource = GraphQLResource.for_dialect(dialect, self.dataset)
         answer = resource.execute(load_document(DOCUMENTS[dialect]), operation, variables)
         self.assertNotIn("errors", answer, answer.get("errors"))
         data: dict[str, Any] = answer["data"]
@@ -132,7 +133,7 @@ class ExecuteTests(SynchronousTestCase):
         )
 
     def test_hydra_pagination(self) -> None:
-        seen = []
+        seen: list[str] = []
         cursor = None
         for _ in range(5):
             data = self.run_op("hydra", "getActiveStorageBucketOperatorsData", {"limit": 2, "lastCursor": cursor})
@@ -142,6 +143,10 @@ class ExecuteTests(SynchronousTestCase):
                 break
             cursor = connection["pageInfo"]["endCursor"]
         self.assertEqual(seen, ["0", "1", "2"])
+
+    def test_dialect_inferred_from_schema(self) -> None:
+        self.assertEqual(GraphQLResource(graphql_schema("hydra"), self.dataset).dialect, "hydra")
+        self.assertEqual(GraphQLResource(graphql_schema("squid"), self.dataset).dialect, "squid")
 
     def test_invalid_document_is_an_error_answer(self) -> None:
         resource = GraphQLResource.for_dialect("squid", self.dataset)
@@ -215,7 +220,12 @@ class HttpTests(TestCase):
         http = treq.client.HTTPClient(Agent(reactor, pool=pool))
         pending = http.post(url, data=b'{"query": "{ squidStatus { height } }"}')
         answered: list[object] = []
-        pending.addBoth(lambda r: answered.append(r) or r)
+
+        def record(result: object) -> object:
+            answered.append(result)
+            return result
+
+        pending.addBoth(record)
         while resource.in_flight == 0:
             from twisted.internet.task import deferLater
 

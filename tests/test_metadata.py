@@ -835,7 +835,8 @@ class _ConformanceTests:
         test: Any = self
         events = capture_log(test, _shapes)
         if self.kind != "catalog":
-            for lookups in (self.source._objects, self.source._endpoints):
+            source: Any = self.source
+            for lookups in (source._objects, source._endpoints):
                 lookups.cache.ttl = 0  # parse every answer again
         for _ in range(2):
             await self.source.get_object("1")

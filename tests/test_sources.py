@@ -171,7 +171,6 @@ class FindSourcesTests(Base):
         self.assertEqual(self.successResultOf(d), [ep(2)])
         self.assertTrue(nodes.response_times.is_penalised(ep(1).url))
         self.assertEqual(nodes.response_times.rank([ep(1).url, ep(2).url]), [ep(2).url, ep(1).url])
-        self.flushLoggedErrors()
 
     def test_exclude_and_duplicates(self) -> None:
         nodes = self.make()

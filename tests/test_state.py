@@ -65,7 +65,7 @@ class SaveLoadTests(SynchronousTestCase):
         save_state(self.path, policy.entries())
         restored = LruSpPolicy()
         restored.add_entries(load_state(self.path) or [])
-        self.assertEqual(list(restored.entries()), list(policy.entries()))
+        self.assertEqual(list(restored.lru_entries()), list(policy.lru_entries()))
 
     def test_creates_directory(self) -> None:
         path = self.dir.child("sub").child(STATE_FILE_NAME)

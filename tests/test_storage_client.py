@@ -14,6 +14,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseDone
+from twisted.web.iweb import IResponse
+from zope.interface.verify import verifyObject
 
 from jsdistributor.errors import StorageError
 from jsdistributor.model import StorageEndpoint
@@ -120,6 +122,7 @@ class GetTests(ClientTestCase):
     async def test_whole_object(self) -> None:
         node = await self.start_sim(objects={"1": DATA})
         response = await self.client.get_object(node.endpoint(), "1")
+        verifyObject(IResponse, response)
         self.assertEqual(response.code, 200)
         self.assertEqual(response.length, len(DATA))
         self.assertFalse(response.range_requested)

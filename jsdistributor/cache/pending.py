@@ -258,14 +258,20 @@ class PendingDownload:
         except CancelledError:
             self._check_cancelled()
             raise _SourceFailed("cancelled") from None
-        self._check_cancelled()
         skip = 0
-        if offset and response.code == 200:
+        problem = None
+        if self._cancelled:
+            problem = self._cancelled
+        elif offset and response.code == 200:
             skip = offset  # the source ignored Range: drop what we have
         elif offset and response.code != 206:
-            raise _SourceFailed(f"unexpected status {response.code} to a Range request")
+            problem = f"unexpected status {response.code} to a Range request"
         elif not offset and response.code != 200:
-            raise _SourceFailed(f"unexpected status {response.code}")
+            problem = f"unexpected status {response.code}"
+        if problem is not None:
+            _abandon(response)  # give its connection slot back
+            self._check_cancelled()
+            raise _SourceFailed(problem)
         if self.content_type is None:
             ctype = response.headers.getRawHeaders(b"content-type")
             if ctype:
@@ -363,6 +369,12 @@ class PendingDownload:
         observers, self._observers = self._observers, []
         for d in observers:
             d.callback(ok)
+
+
+def _abandon(response: Any) -> None:
+    abandon = getattr(response, "abandon", None)
+    if abandon is not None:
+        abandon()
 
 
 def _describe(e: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Coroutine, Hashable, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -108,7 +108,9 @@ class GraphQLMetadataSource:
         except MetadataUnavailable as e:
             return MetadataStatus(url=self.url, reachable=False, error=str(e))
 
-    def _unexpected_status_failure(self, reason: Failure) -> MetadataStatus:
+    def _unexpected_status_failure(self, reason: Failure) -> MetadataStatus | Failure:
+        if reason.check(CancelledError):
+            return reason  # the caller gave up
         # ``get_status`` never fails; anything here is a bug worth a traceback.
         log.failure("unexpected failure while getting the metadata status", reason)
         return MetadataStatus(url=self.url, reachable=False, error=reason.getErrorMessage())
@@ -128,13 +130,7 @@ class GraphQLMetadataSource:
         found: dict[str, dict[str, Any]] = {}
 
         def add(operation: str, data: dict[str, Any]) -> None:
-            def read() -> None:
-                for i, bucket in enumerate(list_field(data, "distributionBuckets", "data")):
-                    bucket_id = str_field(bucket, "id", "data.distributionBuckets[%d]" % (i,))
-                    if selection.matches(DistributionBucket(id=bucket_id)) or selection.buckets is None:
-                        found.setdefault(bucket_id, bucket)
-
-            self._parse(operation, read)
+            self._parse(operation, self._collect_buckets, data, selection, found)
 
         if selection.buckets is not None:
             if not selection.buckets:
@@ -156,6 +152,16 @@ class GraphQLMetadataSource:
             operation = self.buckets_by_worker_operation
             add(operation, await self._query(operation, {"workerId": selection.worker_id}))
         return list(found.values())
+
+    @staticmethod
+    def _collect_buckets(data: dict[str, Any], selection: BucketSelection, found: dict[str, dict[str, Any]]) -> None:
+        """Add the answer's buckets that ``selection`` serves to ``found``
+        (by id). Without configured ids, the answer is the worker's buckets
+        as the service filtered them (operators aren't in the fragment)."""
+        for i, bucket in enumerate(list_field(data, "distributionBuckets", "data")):
+            bucket_id = str_field(bucket, "id", "data.distributionBuckets[%d]" % (i,))
+            if selection.buckets is None or selection.matches(DistributionBucket(id=bucket_id)):
+                found.setdefault(bucket_id, bucket)
 
     # -- dialect specific ---------------------------------------------------
 

@@ -27,7 +27,6 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, 
 from twisted.internet.error import TimeoutError as ConnectingTimeoutError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
@@ -50,8 +49,6 @@ __all__ = [
     "make_pool",
     "parse_content_range",
 ]
-
-log = Logger()
 
 #: Error/probe bodies are read up to this many bytes, then the connection is
 #: dropped (a misbehaving node cannot make us buffer a large body).
@@ -430,7 +427,9 @@ class StorageClient:
     def _status_error(self, response: IResponse, what: str, url: str) -> Deferred[None]:
         """Read (bounded) and discard the body; fail with StorageError."""
 
-        def raise_error(body: bytes | Failure) -> None:
+        def raise_error(body: bytes | Failure) -> Failure | None:
+            if isinstance(body, Failure) and (body.check(StorageError) or _is_cancellation(body)):
+                return body  # timed out reading it, or cancelled by the caller
             detail = ""
             if isinstance(body, bytes) and body:
                 detail = ": " + body[:200].decode("utf-8", "replace").strip()

@@ -609,11 +609,15 @@ class GraphQLResource(Resource):
     isLeaf = True
 
     def __init__(
-        self, schema: GraphQLSchema, dataset: Dataset, dialect: Dialect = "squid", reactor: Any = None
+        self, schema: GraphQLSchema, dataset: Dataset, dialect: Dialect | None = None, reactor: Any = None
     ) -> None:
         super().__init__()
         self.schema = schema
         self.dataset = dataset
+        if dialect is None:
+            query_type = schema.query_type
+            is_hydra = query_type is not None and "storageBucketsConnection" in query_type.fields
+            dialect = "hydra" if is_hydra else "squid"
         self.dialect: Dialect = dialect
         self.reactor = reactor
         self.fail_mode: str | None = None

@@ -43,7 +43,7 @@ from typing import IO, Any, Callable, NamedTuple, Protocol
 import attrs
 import filetype
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
@@ -767,7 +767,10 @@ class RunningSim:
     def start(self) -> Deferred[None]:
         """Listen again on the same port (after ``stop``)."""
         if self._listening is None:
-            self._listening = self.reactor.listenTCP(self.port, self._factory, interface=self.interface)
+            try:
+                self._listening = self.reactor.listenTCP(self.port, self._factory, interface=self.interface)
+            except Exception:
+                return fail()
         return succeed(None)
 
     def stop(self) -> Deferred[None]:
@@ -796,6 +799,9 @@ def start_storage_sim(
     )
     site = _QuietSite(sim, reactor=reactor)
     factory = _ConnectionTracker(site, sim)
-    listening = reactor.listenTCP(port, factory, interface=interface)
+    try:
+        listening = reactor.listenTCP(port, factory, interface=interface)
+    except Exception:
+        return fail()
     running = RunningSim(reactor, sim, interface, listening.getHost().port, factory, listening)
     return succeed(running)
