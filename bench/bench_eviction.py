@@ -136,7 +136,7 @@ def main() -> None:
     per_group = max(1, args.in_use // 24)
     busy: set[str] = set()
     taken: dict[int | None, int] = {}
-    for entry in policy.entries():
+    for entry in policy.lru_entries():
         group = policy.group_of(entry.object_id)
         if taken.get(group, 0) < per_group:
             taken[group] = taken.get(group, 0) + 1

@@ -317,10 +317,15 @@ def _run_config_reference(args: argparse.Namespace, console: Console) -> int:
 # ---------------------------------------------------------------------------
 # The parser and main
 
+from .demo import add_subcommand as add_demo_subcommand  # noqa: E402 - light modules
+from .storage_sim_cli import add_subcommand as add_storage_sim_subcommand  # noqa: E402
+
 #: One function per top-level command, each ``add_subcommand(subparsers)``.
 SUBCOMMANDS: list[Callable[[Any], None]] = [
     add_node_subcommand,
     add_config_subcommand,
+    add_storage_sim_subcommand,
+    add_demo_subcommand,
 ]
 
 

@@ -322,23 +322,32 @@ class NaiveLruSp:
         return sum(item[0] for item in self.items.values())
 
 
-_ids = st.sampled_from([str(i) for i in range(12)])
+# Few ids, so that operations often hit tracked objects; sizes mostly small,
+# so that groups hold several objects (LRU order within a group matters).
+_ids = st.sampled_from([str(i) for i in range(6)])
 _sizes = st.one_of(
     st.integers(0, 4 * KiB),
-    st.integers(0, 2**20),
+    st.integers(0, 64 * KiB),
     st.integers(0, 2**36),
     st.sampled_from([1023, 1024, 1025, 2048, 2049, 2**33, 2**33 + 1]),
 )
 _dt = st.one_of(st.integers(0, 200).map(float), st.floats(-30.0, 7200.0, allow_nan=False))
+_add = st.tuples(st.just("add"), _ids, _sizes, st.integers(1, 40), _dt)
+_access = st.tuples(st.just("access"), _ids, _dt)
 _ops = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), _ids, _sizes, st.integers(1, 40), _dt),
-        st.tuples(st.just("access"), _ids, _dt),
+        _add,
+        _add,
+        _access,
+        _access,
+        _access,
         st.tuples(st.just("remove"), _ids),
-        st.tuples(st.just("evict"), st.frozensets(_ids, max_size=6), _dt),
+        st.tuples(st.just("evict"), st.frozensets(_ids, max_size=3), _dt),
+        st.tuples(st.just("evict"), st.just(frozenset()), _dt),
         st.tuples(st.just("mime"), _ids, st.sampled_from([None, "video/mp4"])),
     ),
-    max_size=80,
+    min_size=4,
+    max_size=60,
 )
 
 

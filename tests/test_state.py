@@ -20,6 +20,7 @@ from jsdistributor.cache.state import (
     load_argus_cache,
     load_state,
     reconcile,
+    remove_state_temporaries,
     save_state,
     state_file,
 )
@@ -100,6 +101,15 @@ class SaveLoadTests(SynchronousTestCase):
         self.assertEqual(self.path.getContent(), before)
         self.assertEqual(self.dir.listdir(), [STATE_FILE_NAME])
 
+    def test_remove_state_temporaries(self) -> None:
+        save_state(self.path, ENTRIES)
+        self.dir.child(STATE_FILE_NAME + ".0123abcd.tmp").setContent(b"half")
+        self.dir.child("other.tmp").setContent(b"not ours")
+        self.assertEqual(remove_state_temporaries(self.path), 1)
+        self.assertEqual(sorted(self.dir.listdir()), sorted([STATE_FILE_NAME, "other.tmp"]))
+        self.assertEqual(load_state(self.path), ENTRIES)
+        self.assertEqual(remove_state_temporaries(self.dir.child("nope").child("x")), 0)
+
     def test_unreadable_is_corrupt(self) -> None:
         self.path.makedirs()  # a directory where the file should be
         self.assertRaises(StateCorrupt, load_state, self.path)
@@ -145,6 +155,9 @@ CORRUPT = {
     "mime header injection": _doc(["5", 10, 1, 100.0, "text/html\r\nX-Evil: 1"]),
     "deeply nested": b"[" * 100_000 + b"]" * 100_000,
     "huge integer": b'{"version":1,"entries":[["5",' + b"9" * 5000 + b',1,1.0,null]]}',
+    "time int overflowing float": b'{"version":1,"entries":[["5",1,1,' + b"9" * 400 + b',null]]}',
+    "size beyond 2**63": _doc(["5", 2**63, 1, 1.0, None]),
+    "popularity beyond 2**63": _doc(["5", 1, 2**64, 1.0, None]),
 }
 
 
@@ -209,7 +222,9 @@ ARGUS_CACHE_JSON = """{
       ["12", {"popularity": 2, "lastAccessTime": 1700000200000, "sizeKB": 20}],
       ["../etc", {"popularity": 1, "lastAccessTime": 1700000200000, "sizeKB": 20}],
       ["13", {"popularity": 1, "sizeKB": 9}],
-      ["10", {"popularity": 1, "lastAccessTime": 1, "sizeKB": 9}]
+      ["10", {"popularity": 1, "lastAccessTime": 1, "sizeKB": 9}],
+      ["15", {"popularity": 1, "lastAccessTime": 19999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999, "sizeKB": 9}],
+      ["16", {"popularity": 2.0, "lastAccessTime": 1700000000000.0, "sizeKB": 1e300}]
     ],
     [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [],
     [
@@ -233,7 +248,8 @@ class ArgusMigrationTests(SynchronousTestCase):
     def test_sample(self) -> None:
         self.dir.child("cache.json").setContent(ARGUS_CACHE_JSON.encode())
         entries = load_argus_cache(self.dir)
-        # "../etc" (bad id) and "13" (no lastAccessTime) are skipped; the
+        # "../etc" (bad id), "13" (no lastAccessTime), "15" (time overflows),
+        # "16" (absurd size) are skipped; the
         # second "10" is a duplicate (the first wins); the bad mime type of
         # "14" is dropped; "99" has a mime type but no entry.
         self.assertEqual(

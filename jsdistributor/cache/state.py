@@ -21,7 +21,6 @@ decides what to keep, adopt, and drop; the caller applies the decisions.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import secrets
@@ -113,6 +112,27 @@ def save_state(path: PathLike, entries: Iterable[CacheEntry]) -> None:
     fsync_directory(directory)
 
 
+def remove_state_temporaries(path: PathLike) -> int:
+    """Delete temporaries a crashed ``save_state(path, ...)`` left behind
+    (call at start-up, not while saving); returns how many."""
+    target = _path(path)
+    directory, name = os.path.split(os.path.abspath(target))
+    prefix = name + "."
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for candidate in names:
+        if candidate.startswith(prefix) and candidate.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, candidate))
+            except FileNotFoundError:
+                continue
+            removed += 1
+    return removed
+
+
 # -- loading -----------------------------------------------------------------
 
 
@@ -139,12 +159,21 @@ def _read_json(path: str) -> Any:
         raise StateCorrupt("%s is not valid JSON: %s" % (path, e)) from e
 
 
-def _is_int(value: object) -> bool:
-    return type(value) is int
+#: Bounds of the numbers a state may hold (sizes, popularity, times).
+_MAX_INT = 2**63 - 1
+_MAX_TIME = 1e15
+
+
+def _is_int(value: object, minimum: int) -> bool:
+    return type(value) is int and minimum <= value <= _MAX_INT
 
 
 def _is_time(value: object) -> bool:
-    return (type(value) is int or type(value) is float) and math.isfinite(value)  # type: ignore[arg-type]
+    """A finite number of seconds or milliseconds (an int of 400 digits
+    would overflow ``float``)."""
+    if type(value) is int:
+        return -_MAX_TIME <= value <= _MAX_TIME
+    return type(value) is float and -_MAX_TIME <= value <= _MAX_TIME  # also rejects NaN
 
 
 def load_state(path: PathLike) -> list[CacheEntry] | None:
@@ -180,9 +209,9 @@ def _load_state(filename: str) -> list[CacheEntry] | None:
             raise StateCorrupt("%s: entry %d: invalid object id %r" % (filename, index, object_id))
         if object_id in seen:
             raise StateCorrupt("%s: entry %d: object %s listed twice" % (filename, index, object_id))
-        if not _is_int(size) or size < 0:
+        if not _is_int(size, 0):
             raise StateCorrupt("%s: entry %d: invalid size %r" % (filename, index, size))
-        if not _is_int(popularity) or popularity < 1:
+        if not _is_int(popularity, 1):
             raise StateCorrupt("%s: entry %d: invalid popularity %r" % (filename, index, popularity))
         if not _is_time(last_access):
             raise StateCorrupt("%s: entry %d: invalid last access %r" % (filename, index, last_access))
@@ -197,14 +226,11 @@ def _load_state(filename: str) -> list[CacheEntry] | None:
 
 
 def _whole_number(value: object, minimum: int) -> int | None:
-    """An integer (JSON numbers from JavaScript may be written ``3.0``) >= minimum."""
-    if type(value) is int:
-        number = value
-    elif type(value) is float and value.is_integer():
-        number = int(value)
-    else:
-        return None
-    return number if number >= minimum else None
+    """An integer (JSON numbers from JavaScript may be written ``3.0``) in
+    ``minimum.._MAX_INT``."""
+    if type(value) is float and value.is_integer() and abs(value) <= _MAX_INT:
+        value = int(value)
+    return value if _is_int(value, minimum) else None  # type: ignore[return-value]
 
 
 def load_argus_cache(cache_state_dir: PathLike) -> list[CacheEntry] | None:
@@ -273,7 +299,7 @@ def _argus_entry(item: object, mime_types: Mapping[str, str]) -> CacheEntry | No
     size_kb = _whole_number(data.get("sizeKB"), 0)
     popularity = _whole_number(data.get("popularity"), 1)
     last_access_ms = data.get("lastAccessTime")
-    if size_kb is None or popularity is None or not _is_time(last_access_ms):
+    if size_kb is None or size_kb > _MAX_INT // 1024 or popularity is None or not _is_time(last_access_ms):
         return None
     return CacheEntry(
         object_id,

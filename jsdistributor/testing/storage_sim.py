@@ -6,6 +6,9 @@ is ``/api/v1``)::
     GET  /api/v1/files/{id}   the object (single ranges: 206 + Content-Range)
     HEAD /api/v1/files/{id}   200 with Content-Length, or 404
     GET  /api/v1/version      {"version": "sim-1.0.0"}
+    GET  /api/v1/_stats       the counters below as JSON (not a storage node
+                              route: for benchmarks and the standalone CLI)
+    POST /api/v1/_stats/reset ``reset_stats()``
 
 Objects come from an in-memory dict ``{id: bytes}`` and/or a directory of
 files named by object id (the dict wins). Files are streamed in chunks by a
@@ -23,7 +26,10 @@ Observability: ``requests`` (log of :class:`RequestRecord`) and
 ``request_headers`` (their headers), ``counts``
 (per method), ``in_flight`` / ``max_in_flight`` (requests being served at
 once: from arrival to the end of the response or of the connection),
-``bytes_sent`` (body bytes), ``reset_stats()``.
+``bytes_sent`` (body bytes), ``reset_stats()``; with ``send_mark_every``
+set, ``send_marks`` records when each multiple of that many bytes of an
+object was handed to the transport (benchmarks compare it with the time a
+reader received the same offset). Requests to ``/_stats`` are not counted.
 
 :func:`start_storage_sim` listens on 127.0.0.1 and returns a
 :class:`RunningSim`, which can be stopped (closing every open connection)
@@ -60,6 +66,7 @@ __all__ = [
     "Knobs",
     "RequestRecord",
     "RunningSim",
+    "SendMarks",
     "StorageNodeSimulator",
     "UNSATISFIABLE",
     "parse_range",
@@ -86,6 +93,9 @@ EXTRA_BYTE = b"X"
 
 #: Bytes read from an object to guess its content type.
 SNIFF_BYTES = 8192
+
+#: The observability routes under ``/api/v1``.
+STATS_PATH = b"_stats"
 
 
 @define
@@ -137,6 +147,20 @@ class RequestRecord(NamedTuple):
     method: str
     object_id: str | None
     range_header: str | None
+
+
+@define
+class SendMarks:
+    """When one GET's body reached given object offsets: ``marks`` holds
+    ``(offset, seconds)`` pairs (``clock.seconds()`` when the chunk holding
+    byte ``offset`` was written to the transport)."""
+
+    object_id: str
+    start: int
+    marks: list[tuple[int, float]] = field(factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"objectId": self.object_id, "start": self.start, "marks": [list(m) for m in self.marks]}
 
 
 class _Unsatisfiable:
@@ -477,6 +501,9 @@ class StorageNodeSimulator(Resource):
         self.in_flight = 0
         self.max_in_flight = 0
         self.bytes_sent = 0
+        #: Record ``send_marks`` every this many body bytes (0: never).
+        self.send_mark_every = 0
+        self.send_marks: list[SendMarks] = []
         api = Resource()
         api.putChild(b"v1", _ApiV1(self))
         self.putChild(b"api", api)
@@ -532,6 +559,48 @@ class StorageNodeSimulator(Resource):
         self.counts.clear()
         self.max_in_flight = self.in_flight
         self.bytes_sent = 0
+        self.send_marks.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """The counters as a JSON-able dict (what ``GET /api/v1/_stats`` sends)."""
+        gets: Counter[str] = Counter()
+        heads: Counter[str] = Counter()
+        for record in self.requests:
+            if record.object_id is not None:
+                if record.method == "GET":
+                    gets[record.object_id] += 1
+                elif record.method == "HEAD":
+                    heads[record.object_id] += 1
+        return {
+            "counts": dict(self.counts),
+            "gets": dict(gets),
+            "heads": dict(heads),
+            "inFlight": self.in_flight,
+            "maxInFlight": self.max_in_flight,
+            "bytesSent": self.bytes_sent,
+            "sendMarks": [m.as_json() for m in self.send_marks],
+        }
+
+    def _marker(self, object_id: str, start: int) -> Callable[[int], None]:
+        """An ``on_bytes`` callback counting bytes and, if asked, recording
+        ``send_marks`` for one response body starting at ``start``."""
+        every = self.send_mark_every
+        if every <= 0:
+            return self._count_bytes
+        record = SendMarks(object_id, start)
+        self.send_marks.append(record)
+        position = start
+
+        def on_bytes(n: int) -> None:
+            nonlocal position
+            self.bytes_sent += n
+            first = -(-position // every) * every  # the first multiple >= position
+            now = self.clock.seconds()
+            for offset in range(first, position + n, every):
+                record.marks.append((offset, now))
+            position += n
+
+        return on_bytes
 
     def requests_for(self, object_id: str, method: str | None = None) -> list[RequestRecord]:
         return [r for r in self.requests if r.object_id == object_id and (method is None or r.method == method)]
@@ -568,6 +637,8 @@ class StorageNodeSimulator(Resource):
     def render_api(self, request: Request) -> Any:
         path = request.postpath
         method = request.method.decode("ascii", "replace")
+        if path and path[0] == STATS_PATH:
+            return self._render_stats(request, method, path[1:])
         raw_range = request.getHeader(b"range")
         range_text = raw_range.decode("latin-1") if raw_range is not None else None
         object_id: str | None = None
@@ -596,6 +667,18 @@ class StorageNodeSimulator(Resource):
             _json(request, 400, {"type": "validation", "message": f"Invalid data object id: {object_id}"})
             return NOT_DONE_YET
         self._later(request, knobs.latency, lambda: self._serve_file(request, method, object_id, knobs))
+        return NOT_DONE_YET
+
+    def _render_stats(self, request: Request, method: str, rest: list[bytes]) -> Any:
+        if rest in ([], [b""]) and method == "GET":
+            _json(request, 200, self.stats())
+        elif rest == [b"reset"] and method == "POST":
+            self.reset_stats()
+            _json(request, 200, {"reset": True})
+        elif rest in ([], [b""], [b"reset"]):
+            _json(request, 405, {"type": "method", "message": "Method not allowed"})
+        else:
+            _json(request, 404, {"type": "not_found", "message": "Not found"})
         return NOT_DONE_YET
 
     def _serve_file(self, request: Request, method: str, object_id: str, knobs: Knobs) -> None:
@@ -644,7 +727,13 @@ class StorageNodeSimulator(Resource):
             start, end = 0, size - 1
             request.setResponseCode(200)
         streamer = BodyStreamer(
-            self.clock, source, start, end - start + 1, knobs, _RequestSink(request, self.reactor), self._count_bytes
+            self.clock,
+            source,
+            start,
+            end - start + 1,
+            knobs,
+            _RequestSink(request, self.reactor),
+            self._marker(object_id, start),
         )
         request.setHeader(b"content-length", b"%d" % (streamer.declared_length,))
         request.setHeader(b"accept-ranges", b"bytes")
