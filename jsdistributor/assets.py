@@ -164,7 +164,7 @@ class AssetServer:
     # -- cached ----------------------------------------------------------------
 
     async def _serve_cached(self, request: Any, object_id: str, entry: Any) -> bytes | None:
-        etag = etag_for(entry.ipfs_hash) if getattr(entry, "ipfs_hash", None) else None
+        etag = etag_for(entry.ipfs_hash) if entry.ipfs_hash else None
         self._headers(request, entry.mime_type or DEFAULT_MIME, etag, b"hit", b"local", CACHE_HIT)
         plan = self._plan(request, entry.size, etag)
         if isinstance(plan, int):

@@ -106,6 +106,14 @@ class OperatorApi:
 
 
 @frozen
+class Metrics:
+    """jsdistributor only: a listener serving ``GET /metrics`` alone."""
+
+    port: int
+    interface: str = "127.0.0.1"
+
+
+@frozen
 class NodeConfig:
     id: str
     endpoints: Endpoints
@@ -123,6 +131,8 @@ class NodeConfig:
     source: Path | None = None
     #: Warnings found while parsing (logged at start-up).
     warnings: tuple[str, ...] = ()
+    #: ``metrics``: a separate Prometheus listener (None: operator port only).
+    metrics: Metrics | None = None
 
 
 
@@ -273,6 +283,8 @@ def masked_config_dict(config: NodeConfig) -> dict[str, Any]:
             "hmacSecret": _MASK,
             "interface": config.operator_api.interface,
         }
+    if config.metrics is not None:
+        out["metrics"] = {"port": config.metrics.port, "interface": config.metrics.interface}
     if config.buckets is not None:
         out["buckets"] = [int(b) if b.isdigit() else b for b in config.buckets]
     if config.worker_id is not None:
@@ -746,6 +758,7 @@ def _build(doc: dict[str, Any], base: Path, warnings: list[str]) -> NodeConfig:
     buckets = None
     if "buckets" in doc:
         buckets = tuple(normalize_bucket_id(b) for b in doc["buckets"])
+    metrics = Metrics(**_fields(doc["metrics"], ("port", "interface"))) if "metrics" in doc else None
     return NodeConfig(
         id=doc["id"],
         endpoints=endpoints,
@@ -758,6 +771,7 @@ def _build(doc: dict[str, Any], base: Path, warnings: list[str]) -> NodeConfig:
         buckets=buckets,
         worker_id=doc.get("workerId"),
         warnings=tuple(warnings),
+        metrics=metrics,
     )
 
 

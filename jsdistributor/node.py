@@ -84,6 +84,13 @@ class DistributorNode(MultiService):
         self.metadata = self.components.metadata
         self.cache = self.components.cache
         self.assets = self.components.assets
+        from .metrics import NodeMetrics
+
+        self.metrics = getattr(self.components, "metrics", None) or NodeMetrics(reactor)
+        self.metrics.watch(self)
+        #: Set by ``tap.makeService``: the console log observer twistd should
+        #: use (see ``setServiceParent``).
+        self.console_observer: Any = None
         for service in self.components.services:
             service.setServiceParent(self)
 
@@ -93,7 +100,7 @@ class DistributorNode(MultiService):
         self.public_api = PublicApi(self)
         self.public_service = ListeningService(
             reactor,
-            AccessLoggingSite(self.public_api.resource(), reactor, "public"),
+            AccessLoggingSite(self.public_api.resource(), reactor, "public", metrics=self.metrics),
             config.public_api.port,
             config.public_api.interface,
             "public API",
@@ -104,12 +111,38 @@ class DistributorNode(MultiService):
             self.operator_api = OperatorApi(self, config.operator_api.hmac_secret)
             self.operator_service = ListeningService(
                 reactor,
-                AccessLoggingSite(self.operator_api.resource(), reactor, "operator"),
+                AccessLoggingSite(self.operator_api.resource(), reactor, "operator", metrics=self.metrics),
                 config.operator_api.port,
                 config.operator_api.interface,
                 "operator API",
             )
             self.operator_service.setServiceParent(self)
+        self.metrics_service: ListeningService | None = None
+        if config.metrics is not None:
+            self.metrics_service = ListeningService(
+                reactor,
+                AccessLoggingSite(self.metrics.resource(), reactor, "metrics", metrics=self.metrics),
+                config.metrics.port,
+                config.metrics.interface,
+                "metrics",
+            )
+            self.metrics_service.setServiceParent(self)
+
+    def listening_services(self) -> list[ListeningService]:
+        """The HTTP listeners: public API, operator API, metrics."""
+        return [s for s in (self.public_service, self.operator_service, self.metrics_service) if s is not None]
+
+    def setServiceParent(self, parent: Any) -> None:
+        """Under twistd, ``parent`` is the Application: give it our console
+        observer as its ``ILogObserver`` component, which twistd's
+        ``AppLogger.start`` installs (instead of its own unfiltered one)
+        unless ``--logger`` was given."""
+        if self.console_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self.console_observer)
+        super().setServiceParent(parent)
 
     # -- operator actions -------------------------------------------------
 
@@ -184,9 +217,7 @@ class DistributorNode(MultiService):
         # Restart=on-failure) expect.
         if getattr(self.reactor, "_exitSignal", None) is not None:
             self.reactor._exitSignal = None
-        stops = [self.public_service.stop_listening()]
-        if self.operator_service is not None:
-            stops.append(self.operator_service.stop_listening())
+        stops = [service.stop_listening() for service in self.listening_services()]
         await DeferredList(stops, consumeErrors=True)
         await self.cache.stop(self.reactor, STOP_GRACE_SECONDS)
         await MultiService.stopService(self)

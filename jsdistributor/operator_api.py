@@ -1,4 +1,5 @@
-"""The operator API (Klein, every route POST under /api/v1, JWT-secured).
+"""The operator API (Klein, every route POST under /api/v1, JWT-secured),
+and ``GET /metrics`` (Prometheus, not authenticated).
 
 Exactly the original node's protocol: ``Authorization: Bearer <JWT>``, HS256
 with ``operatorApi.hmacSecret``, the payload's ``reqUrl``/``reqBody`` equal
@@ -100,6 +101,15 @@ class OperatorApi:
         return error_response(request, ApiError(e.code, kind, e.description or e.name))
 
     # -- routes -----------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Any) -> bytes:
+        """Prometheus metrics, unauthenticated (as Prometheus scrapes): the
+        operator API listens on 127.0.0.1 unless ``operatorApi.interface``
+        says otherwise; ``metrics.port`` serves them alone on another port."""
+        body, content_type = self._node.metrics.render(request.getHeader(b"accept"))
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return body
 
     @app.route("/api/v1/stop-api", methods=["POST"])
     def stop_api(self, request: Any) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
@@ -27,6 +29,11 @@ CORS_HEADERS = {
 def add_cors(request: Any) -> None:
     for name, value in CORS_HEADERS.items():
         request.setHeader(name, value)
+
+
+@cache
+def demo_page_bytes() -> bytes:
+    return files("jsdistributor").joinpath("demo", "index.html").read_bytes()
 
 
 class PublicApi:
@@ -70,6 +77,15 @@ class PublicApi:
             raise ApiError(404, "not_found", "no such route")
         add_cors(request)
         return self._node.assets.render(request, object_id)
+
+    @app.route("/demo", methods=["GET"])
+    def demo_page(self, request: Any) -> bytes:
+        """The demo page (``jsdistributor demo``): a static file that plays
+        and lists assets by the ids in its query string."""
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return demo_page_bytes()
 
     @app.route("/api/v1/<string:kind>/<path:object_id>", methods=["OPTIONS"])
     def asset_preflight(self, request: Any, kind: str, object_id: str) -> bytes:

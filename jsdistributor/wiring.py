@@ -18,6 +18,7 @@ from .cache.manager import CacheManager
 from .cache.store import ContentStore
 from .errors import MetadataUnavailable
 from .metadata import make_metadata_source
+from .metrics import NodeMetrics, TimedMetadataSource, counting_pair
 from .storage.client import StorageClient, make_pool
 from .storage.ranking import ResponseTimes
 from .storage.sources import StorageNodes
@@ -37,6 +38,7 @@ class Components:
     cache: CacheManager
     assets: AssetServer
     services: tuple[Any, ...]
+    metrics: NodeMetrics | None = None
 
 
 def build_components(node: DistributorNode) -> Components:
@@ -47,7 +49,8 @@ def build_components(node: DistributorNode) -> Components:
     limits = config.limits
     timeout = limits.outbound_requests_timeout_ms / 1000.0
     pool = make_pool(reactor, limits.max_concurrent_outbound_connections)
-    metadata = make_metadata_source(config, reactor, pool)
+    metrics = NodeMetrics(reactor)
+    metadata = TimedMetadataSource(make_metadata_source(config, reactor, pool), metrics, reactor)
     client = StorageClient(reactor, pool, timeout, max_connections=limits.max_concurrent_outbound_connections)
     storage = StorageNodes(
         reactor,
@@ -59,6 +62,8 @@ def build_components(node: DistributorNode) -> Components:
         response_times=ResponseTimes(failure_penalty=2 * timeout),
     )
     state_dir = FilePath(str(config.directories.cache_state))
+    cache_storage, cache_client = counting_pair(storage, client, metrics, "cache")
+    proxy_storage, proxy_client = counting_pair(storage, client, metrics, "proxy")
     cache = CacheManager(
         reactor,
         ContentStore(FilePath(str(config.directories.assets))),
@@ -66,13 +71,15 @@ def build_components(node: DistributorNode) -> Components:
         limit=limits.storage,
         state_path=state_dir.child(STATE_FILE),
         legacy_state_dir=state_dir,
-        storage=storage,
-        client=client,
+        storage=cache_storage,
+        client=cache_client,
         idle_timeout=max(timeout, 1.0),
         download_timeout=limits.pending_download_timeout_sec,
         reader_idle_timeout=max(4 * timeout, 10.0),
     )
-    assets = AssetServer(reactor, cache, metadata, node.selection, storage, client, limits.max_cached_item_size)
+    assets = AssetServer(
+        reactor, cache, metadata, node.selection, proxy_storage, proxy_client, limits.max_cached_item_size
+    )
 
     async def supported_ids() -> set[str] | None:
         try:
@@ -87,8 +94,8 @@ def build_components(node: DistributorNode) -> Components:
         if ids is not None:
             cache.cleanup(ids)
 
-    def save() -> None:
-        cache.save()
+    def save() -> Any:
+        return cache.save_in_thread()
 
     services = (
         _PoolService(pool),
@@ -97,7 +104,9 @@ def build_components(node: DistributorNode) -> Components:
         timer(config.intervals.save_cache_state, save, reactor, "save cache state"),
         timer(config.intervals.cache_cleanup, lambda: ensureDeferred(cleanup()), reactor, "cache cleanup"),
     )
-    return Components(metadata=metadata, storage=storage, cache=cache, assets=assets, services=services)
+    return Components(
+        metadata=metadata, storage=storage, cache=cache, assets=assets, services=services, metrics=metrics
+    )
 
 
 class _StartupService(Service):

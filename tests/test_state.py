@@ -27,7 +27,7 @@ from jsdistributor.cache.state import (
 
 ENTRIES = [
     CacheEntry("1", 0, 1, 0.0, None),
-    CacheEntry("12345678901234567890", 10**12, 7, 1718000000.123456, "video/mp4"),
+    CacheEntry("12345678901234567890", 10**12, 7, 1718000000.123456, "video/mp4", "gW9T5gSXhgQB5LaqmnJrLVVpHawhM7youzHnuY6HyGBDy3"),
     CacheEntry("3", 4096, 2, 1718000001.5, "application/octet-stream"),
 ]
 
@@ -46,7 +46,18 @@ class SaveLoadTests(SynchronousTestCase):
         self.assertEqual(load_state(self.path), ENTRIES)
         document = json.loads(self.path.getContent())
         self.assertEqual(document["version"], 1)
-        self.assertEqual(document["entries"][1], ["12345678901234567890", 10**12, 7, 1718000000.123456, "video/mp4"])
+        self.assertEqual(
+            document["entries"][1],
+            ["12345678901234567890", 10**12, 7, 1718000000.123456, "video/mp4", "gW9T5gSXhgQB5LaqmnJrLVVpHawhM7youzHnuY6HyGBDy3"],
+        )
+
+    def test_five_item_rows_of_earlier_versions_load(self) -> None:
+        self.path.setContent(b'{"version":1,"entries":[["5",10,2,3.5,"image/png"]]}')
+        self.assertEqual(load_state(self.path), [CacheEntry("5", 10, 2, 3.5, "image/png", None)])
+
+    def test_bad_content_hash_is_corrupt(self) -> None:
+        self.path.setContent(b'{"version":1,"entries":[["5",10,2,3.5,null,"0OIl"]]}')
+        self.assertRaises(StateCorrupt, load_state, self.path)
 
     def test_round_trip_empty(self) -> None:
         save_state(self.path.path, iter([]))

@@ -71,9 +71,12 @@ class CacheEntry(NamedTuple):
     last_access: float
     #: Content type sniffed or declared when it was cached, if known.
     mime_type: str | None = None
+    #: The verified content hash (``ipfsHash``), for the ETag; None for
+    #: files adopted without one.
+    ipfs_hash: str | None = None
 
 
-#: ``_new(CacheEntry, (id, size, popularity, last_access, mime))``: builds an
+#: ``_new(CacheEntry, (id, size, popularity, last_access, mime, hash))``: builds an
 #: entry without the Python-level ``__new__`` of named tuples (hot paths).
 _new = tuple.__new__
 
@@ -162,9 +165,10 @@ class LruSpPolicy:
         now: float,
         popularity: int = 1,
         mime_type: str | None = None,
+        ipfs_hash: str | None = None,
     ) -> None:
         """Track a newly cached object (re-adding a tracked id replaces it)."""
-        self.add_entry(_new(CacheEntry, (object_id, size, popularity, float(now), mime_type)))
+        self.add_entry(_new(CacheEntry, (object_id, size, popularity, float(now), mime_type, ipfs_hash)))
 
     def access(self, object_id: str, now: float) -> bool:
         """Record one access: popularity + 1, last access ``now``, move to the
@@ -172,7 +176,7 @@ class LruSpPolicy:
         old = self._entries.get(object_id)
         if old is None:
             return False
-        entry = _new(CacheEntry, (object_id, old[1], old[2] + 1, float(now), old[4]))
+        entry = _new(CacheEntry, (object_id, old[1], old[2] + 1, float(now), old[4], old[5]))
         self._entries[object_id] = entry
         group, new_group = _group(old), _group(entry)
         if new_group == group:
@@ -319,14 +323,15 @@ class LruPolicy:
         now: float,
         popularity: int = 1,
         mime_type: str | None = None,
+        ipfs_hash: str | None = None,
     ) -> None:
-        self.add_entry(_new(CacheEntry, (object_id, size, popularity, float(now), mime_type)))
+        self.add_entry(_new(CacheEntry, (object_id, size, popularity, float(now), mime_type, ipfs_hash)))
 
     def access(self, object_id: str, now: float) -> bool:
         old = self._entries.get(object_id)
         if old is None:
             return False
-        self._entries[object_id] = _new(CacheEntry, (object_id, old[1], old[2] + 1, float(now), old[4]))
+        self._entries[object_id] = _new(CacheEntry, (object_id, old[1], old[2] + 1, float(now), old[4], old[5]))
         self._entries.move_to_end(object_id)
         return True
 

@@ -159,6 +159,9 @@ def _read_json(path: str) -> Any:
         raise StateCorrupt("%s is not valid JSON: %s" % (path, e)) from e
 
 
+#: A base58btc content hash (the ipfsHash of an object).
+_HASH = re.compile(r"[1-9A-HJ-NP-Za-km-z]{1,100}")
+
 #: Bounds of the numbers a state may hold (sizes, popularity, times).
 _MAX_INT = 2**63 - 1
 _MAX_TIME = 1e15
@@ -202,9 +205,12 @@ def _load_state(filename: str) -> list[CacheEntry] | None:
     entries: list[CacheEntry] = []
     seen: set[str] = set()
     for index, row in enumerate(rows):
-        if type(row) is not list or len(row) != 5:
-            raise StateCorrupt("%s: entry %d is not a 5-item list" % (filename, index))
-        object_id, size, popularity, last_access, mime_type = row
+        if type(row) is not list or len(row) not in (5, 6):
+            raise StateCorrupt("%s: entry %d is not a 5- or 6-item list" % (filename, index))
+        object_id, size, popularity, last_access, mime_type = row[:5]
+        ipfs_hash = row[5] if len(row) == 6 else None
+        if ipfs_hash is not None and (type(ipfs_hash) is not str or _HASH.fullmatch(ipfs_hash) is None):
+            raise StateCorrupt("%s: entry %d: invalid content hash %r" % (filename, index, ipfs_hash))
         if type(object_id) is not str or not is_valid_object_id(object_id):
             raise StateCorrupt("%s: entry %d: invalid object id %r" % (filename, index, object_id))
         if object_id in seen:
@@ -218,7 +224,7 @@ def _load_state(filename: str) -> list[CacheEntry] | None:
         if mime_type is not None and not is_valid_mime_type(mime_type):
             raise StateCorrupt("%s: entry %d: invalid mime type %r" % (filename, index, mime_type))
         seen.add(object_id)
-        entries.append(_new(CacheEntry, (object_id, size, popularity, float(last_access), mime_type)))
+        entries.append(_new(CacheEntry, (object_id, size, popularity, float(last_access), mime_type, ipfs_hash)))
     return entries
 
 
@@ -383,7 +389,7 @@ def reconcile(
             result.keep.append(entry)
         else:
             result.keep.append(
-                CacheEntry(object_id, size, entry.popularity, entry.last_access, entry.mime_type)
+                entry._replace(size=size)
             )
     orphans = sorted((i for i in files_on_disk if i not in known), key=lambda i: (len(i), i))
     for object_id in orphans:
