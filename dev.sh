@@ -41,15 +41,16 @@ case "$cmd" in
     set -e
     # A plain closing line: "N passed, N failed, N skipped".
     summary=$(grep -E '^(PASSED|FAILED) \(' "$log" | tail -n 1 || true)
-    num() { echo "$summary" | grep -oE "$1=[0-9]+" | cut -d= -f2 | head -n1; }
-    passed=$(num successes); passed=${passed:-0}
-    failed=$(( $(num failures || true)+0 + $(num errors || true)+0 + $(num unexpectedSuccesses || true)+0 ))
-    skipped=$(num skips); skipped=${skipped:-0}
+    num() { { echo "$summary" | grep -oE "$1=[0-9]+" | cut -d= -f2 | head -n1; } || true; }
+    passed=$(num successes)
+    failures=$(num failures) errors=$(num errors) unexpected=$(num unexpectedSuccesses)
+    failed=$(( ${failures:-0} + ${errors:-0} + ${unexpected:-0} ))
+    skipped=$(num skips)
     if [ -z "$summary" ]; then
       echo "trial printed no result line" >&2
       failed=$((failed+1)); [ "$status" = 0 ] && status=1
     fi
-    echo "$passed passed, $failed failed, $skipped skipped"
+    echo "${passed:-0} passed, $failed failed, ${skipped:-0} skipped"
     exit "$status"
     ;;
   *)
