@@ -163,9 +163,16 @@ class GraphQLMetadataSource:
             if selection.buckets is None or selection.matches(DistributionBucket(id=bucket_id)):
                 found.setdefault(bucket_id, bucket)
 
+    async def _fetch_object(self, object_id: str) -> DataObject | None:
+        """``getDataObjectDetails`` (same operation in both dialects; the
+        answer's shape differs and is read by ``_read_object``)."""
+        operation = "getDataObjectDetails"
+        data = await self._query(operation, {"id": object_id})
+        return self._parse(operation, self._read_object, data)
+
     # -- dialect specific ---------------------------------------------------
 
-    async def _fetch_object(self, object_id: str) -> DataObject | None:
+    def _read_object(self, data: dict[str, Any]) -> DataObject | None:
         raise NotImplementedError
 
     async def _fetch_bucket_objects(self, selection: BucketSelection) -> dict[str, ObjectSummary]:

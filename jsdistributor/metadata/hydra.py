@@ -67,11 +67,6 @@ class HydraMetadataSource(GraphQLMetadataSource):
             raise ValueError("page_size must be at least 1")
         self.page_size = page_size
 
-    async def _fetch_object(self, object_id: str) -> DataObject | None:
-        operation = "getDataObjectDetails"
-        data = await self._query(operation, {"id": object_id})
-        return self._parse(operation, self._read_object, data)
-
     def _read_object(self, data: dict[str, Any]) -> DataObject | None:
         path = "data.storageDataObjectByUniqueInput"
         obj = obj_field(data, "storageDataObjectByUniqueInput", "data", nullable=True)
