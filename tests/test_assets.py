@@ -19,6 +19,7 @@ from .nodeharness import NodeHarness, header, sleep
 SMALL = os.urandom(100_000)
 BIG = os.urandom(1_500_000)
 HUGE = os.urandom(2_500_000)
+LONG = os.urandom(3_000_000)
 OBJECTS = {"1": SMALL, "2": BIG, "3": b"hello", "4": HUGE}
 
 
@@ -233,6 +234,37 @@ class AssetTests(TestCase):
 
     def test_operator_bucket_changes_take_effect(self) -> object:
         return ensureDeferred(self._buckets())
+
+
+class FarRangeTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> object:
+        self.h = NodeHarness(Path(self.mktemp()))
+        self.addCleanup(lambda: ensureDeferred(self.h.stop()))
+        return ensureDeferred(self.h.start({"9": LONG}))
+
+    async def _far_ahead(self) -> None:
+        import jsdistributor.assets
+
+        PROXY_AHEAD_BYTES = 1_000_000
+        self.patch(jsdistributor.assets, "PROXY_AHEAD_BYTES", PROXY_AHEAD_BYTES)
+        for s in self.h.sims:
+            s.sim.configure(rate=1_000_000)
+        first = ensureDeferred(self.h.get("/assets/9"))
+        await sleep(0.3)
+        start = PROXY_AHEAD_BYTES + 1_000_000
+        r, body = await self.h.get("/assets/9", {"range": f"bytes={start}-{start + 99}"})
+        self.assertEqual((r.code, body), (206, LONG[start : start + 100]))
+        self.assertEqual(header(r, "x-cache"), "pending")
+        self.assertEqual(header(r, "x-data-source"), "external", "a range far ahead is proxied")
+        r, body = await first
+        self.assertEqual(body, LONG)
+        ranged = [rec for s in self.h.sims for rec in s.sim.requests_for("9", "GET") if rec.range_header]
+        self.assertEqual(len(ranged), 1)
+
+    def test_range_far_ahead_of_a_pending_download_is_proxied(self) -> object:
+        return ensureDeferred(self._far_ahead())
 
 
 _ = reactor
