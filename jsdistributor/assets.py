@@ -12,13 +12,13 @@ viewer far more time to first byte than one more upstream request.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Coroutine
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from .cache.manager import CacheManager
-from .cache.pending import DownloadFailed, PendingDownload
+from .cache.pending import DownloadFailed, PendingDownload, range_start as _range_start
 from .errors import ApiError, MetadataUnavailable, StorageError
 from .model import DataObject, is_valid_object_id
 from .proxy import ProxyFailed, ProxyStream
@@ -69,20 +69,14 @@ class AssetServer:
     # -- deciding ------------------------------------------------------------
 
     async def _serve(self, request: Any, object_id: str) -> bytes | None:
-        entry = self.cache.cached(object_id)
-        if entry is not None:
-            return await self._serve_cached(request, object_id, entry)
-        pending = self.cache.pending_for(object_id)
-        if pending is not None:
-            return await self._serve_pending(request, pending, b"pending")
+        local = self._serve_local(request, object_id)
+        if local is not None:
+            return await local
         obj = await self._lookup(object_id)
         # The world may have moved while we waited for the metadata.
-        entry = self.cache.cached(object_id)
-        if entry is not None:
-            return await self._serve_cached(request, object_id, entry)
-        pending = self.cache.pending_for(object_id)
-        if pending is not None:
-            return await self._serve_pending(request, pending, b"pending")
+        local = self._serve_local(request, object_id)
+        if local is not None:
+            return await local
         if request.method == b"HEAD":
             mime = obj.mime_type or DEFAULT_MIME
             return self._head_only(request, obj, mime)
@@ -96,6 +90,20 @@ class AssetServer:
                 raise ApiError(503, "storage_error", "the node cannot write to its cache right now") from None
             return await self._serve_pending(request, pending, b"miss")
         return await self._serve_proxy(request, obj, b"miss")
+
+    def _serve_local(self, request: Any, object_id: str) -> Coroutine[Any, Any, bytes | None] | None:
+        """Serving from the cache or from a download in progress, or None
+        when neither has the object. A cached object whose file is missing
+        or of the wrong size is forgotten here (served as a miss)."""
+        entry = self.cache.cached(object_id)
+        if entry is not None:
+            opened = self.cache.open_verified(object_id)
+            if opened is not None:
+                return self._serve_cached(request, object_id, entry, opened)
+        pending = self.cache.pending_for(object_id)
+        if pending is not None:
+            return self._serve_pending(request, pending, b"pending")
+        return None
 
     async def _lookup(self, object_id: str) -> DataObject:
         try:
@@ -163,17 +171,19 @@ class AssetServer:
 
     # -- cached ----------------------------------------------------------------
 
-    async def _serve_cached(self, request: Any, object_id: str, entry: Any) -> bytes | None:
+    async def _serve_cached(self, request: Any, object_id: str, entry: Any, opened: BinaryIO) -> bytes | None:
         etag = etag_for(entry.ipfs_hash) if entry.ipfs_hash else None
         self._headers(request, entry.mime_type or DEFAULT_MIME, etag, b"hit", b"local", CACHE_HIT)
         plan = self._plan(request, entry.size, etag)
         if isinstance(plan, int):
+            opened.close()
             return self._short_answer(request, plan, entry.size)
         self.cache.touch(object_id)
         window = self._start_body(request, plan, entry.size)
         if window is None:
+            opened.close()
             return b""
-        reader = self.cache.reader(request, object_id, window[0], window[1], _abort_for(request))
+        reader = self.cache.reader(request, object_id, window[0], window[1], _abort_for(request), opened=opened)
         return await self._stream(request, reader.start(), reader.stopProducing)
 
     # -- pending ---------------------------------------------------------------
@@ -200,12 +210,14 @@ class AssetServer:
             return self._short_answer(request, plan, obj.size)
         if plan is not None and plan.start > pending.written + PROXY_AHEAD_BYTES and pending.source is not None:
             return await self._serve_proxy(request, obj, cache, plan=plan)
+        if pending.failed and request.method != b"HEAD":
+            # Before any header: the error's body must not inherit the
+            # object's content-length.
+            raise ApiError(502, "download_failed", f"the object could not be fetched: {pending.failure_reason}")
         self._headers(request, mime, etag, cache, b"local", CACHE_PENDING)
         window = self._start_body(request, plan, obj.size)
         if window is None:
             return b""
-        if pending.failed:
-            raise ApiError(502, "download_failed", f"the object could not be fetched: {pending.failure_reason}")
         reader = self.cache.reader(request, obj.id, window[0], window[1], _abort_for(request), pending=pending)
         return await self._stream(request, reader.start(), reader.stopProducing)
 
@@ -246,7 +258,14 @@ class AssetServer:
                     log.warn("proxy: source {source} failed: {error}", source=endpoint.url, error=str(e))
                     self.storage.forget_source(obj.id, endpoint.url)
                     continue
-                if response.code not in (200, 206):
+                if response.code not in (200, 206) or (
+                    response.code == 206 and _range_start(response) not in (None, window.start)
+                ):
+                    log.warn(
+                        "proxy: source {source} answered {code} with an unexpected range",
+                        source=endpoint.url,
+                        code=response.code,
+                    )
                     response.abandon()
                     response = None
                     continue
@@ -259,7 +278,16 @@ class AssetServer:
             self._headers(request, mime, etag, cache, b"external", CACHE_PENDING)
             self._start_body(request, plan, obj.size)
             whole = plan is None
-            stream = ProxyStream(request, window, upstream_offset, obj.ipfs_hash if whole else None, _abort_for(request))
+            stream = ProxyStream(
+                request,
+                window,
+                upstream_offset,
+                obj.ipfs_hash if whole else None,
+                _abort_for(request),
+                reactor=self.reactor,
+                idle_timeout=self.cache.idle_timeout,
+                send_timeout=self.cache.send_timeout,
+            )
             response.deliverBody(stream)
             return await self._stream(request, stream.done, stream.stopProducing)
         raise ApiError(502, "no_source", f"no storage node could serve data object {obj.id}")

@@ -24,7 +24,14 @@ def json_response(request: Any, value: object, status: int = 200) -> bytes:
     return json.dumps(value).encode("utf-8")
 
 
+#: Headers an asset response may have set before failing; an error body
+#: must not inherit them (a stale content-length would hang the client).
+_ENTITY_HEADERS = (b"content-length", b"content-range", b"etag", b"content-disposition", b"cache-control")
+
+
 def error_response(request: Any, error: ApiError) -> bytes:
+    for name in _ENTITY_HEADERS:
+        request.responseHeaders.removeHeader(name)
     set_json(request, error.status)
     return error.body()
 
@@ -68,8 +75,8 @@ class TimedRequest(Request):
         super().write(data)
 
     def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
         site = getattr(self.channel, "site", None)
+        super().connectionLost(reason)  # forgets the channel
         if not self.finished and isinstance(site, AccessLoggingSite):
             site.log(self, aborted=True)
 
@@ -106,7 +113,8 @@ class AccessLoggingSite(Site):
     def __init__(
         self, resource: Any, clock: IReactorTime, name: str, timeout: float = 60.0, metrics: Any = None
     ) -> None:
-        super().__init__(resource, timeout=timeout)
+        # The clock also drives the channels' idle timeouts.
+        super().__init__(resource, timeout=timeout, reactor=clock)
         self.clock = clock
         self.api_name = name
         self.metrics = metrics

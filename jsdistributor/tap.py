@@ -70,5 +70,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     from .logs import configure_logging
     from .node import DistributorNode
 
-    configure_logging(options.node_config)
-    return DistributorNode(options.node_config, reactor)
+    outputs = configure_logging(
+        options.node_config, reactor, twistd_options=getattr(options, "parent", None)
+    )
+    node = DistributorNode(options.node_config, reactor)
+    # twistd makes the node a child of its Application before starting its
+    # own logging; the node hands it this observer then (see
+    # DistributorNode.setServiceParent and jsdistributor.logs).
+    node.console_observer = outputs.console
+    return node

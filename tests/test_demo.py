@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jsdistributor.cache.hashing import content_hash
 from jsdistributor.demo.runner import build_demo_catalog, source_root
+from jsdistributor.demo import samples as samples_module
 from jsdistributor.demo.samples import (
     JPEG_ID,
+    MP3_ID,
     PNG_ID,
     VIDEO_ID,
     WAV_ID,
@@ -111,6 +114,20 @@ class SampleSetTests(SynchronousTestCase):
         third = generate_samples(directory, [], ffmpeg=None, say=said.append)
         self.assertNotIn("10", {s.id for s in third})
         self.assertFalse((directory / "objects" / "10").exists())
+
+    def test_with_ffmpeg_a_video_and_an_mp3(self) -> None:
+        ffmpeg = shutil.which("ffmpeg")
+        if ffmpeg is None:
+            raise self.skipTest("no ffmpeg (apt-get install ffmpeg)")
+        directory = Path(self.mktemp())
+        by_id = {s.id: s for s in generate_samples(directory, [], ffmpeg=ffmpeg)}
+        self.assertEqual(by_id[MP3_ID].mime_type, "audio/mpeg")
+        for object_id in (VIDEO_ID, MP3_ID):
+            data = (directory / "objects" / object_id).read_bytes()
+            self.assertEqual(filetype.guess_mime(data), by_id[object_id].mime_type)
+            self.assertEqual(content_hash(data), by_id[object_id].ipfs_hash)
+        shipped = (Path(samples_module.__file__).parent / "sample.webm").stat().st_size
+        self.assertNotEqual(by_id[VIDEO_ID].size, shipped, "ffmpeg made its own video")
 
     def test_catalog_describes_both_storage_nodes(self) -> None:
         samples = generate_samples(Path(self.mktemp()), [], ffmpeg=None)
@@ -293,9 +310,9 @@ class DemoBrowserTests(TestCase):
         self.assertEqual(errors, [])
         self.assertEqual(set(cache_states), {PNG_ID, JPEG_ID, WAV_ID, VIDEO_ID, "10"})
         self.assertTrue(set(cache_states.values()) <= {"hit", "miss", "pending"}, cache_states)
-        self.assertAlmostEqual(result["duration"], 12.0, delta=0.5)
+        self.assertApproximates(result["duration"], 12.0, 0.5)
         self.assertGreater(result["played"], 1.0)
-        self.assertAlmostEqual(result["afterSeek"], result["target"], delta=0.5)
+        self.assertApproximates(result["afterSeek"], result["target"], 0.5)
         self.assertGreater(result["now"], result["afterSeek"] + 1.0)
         self.assertFalse(result["paused"])
         statuses = {r["status"] for r in video_responses}

@@ -27,10 +27,6 @@ SMALL = os.urandom(100_000)
 OTHER = os.urandom(100_000)
 
 
-def families(text: str) -> dict[str, Any]:
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
 def value(text: str, sample_name: str, **labels: str) -> float:
     """The value of the one sample named ``sample_name`` with ``labels``
     (a subset of its labels); 0 when there is none; fails if ambiguous."""

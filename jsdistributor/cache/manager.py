@@ -4,6 +4,7 @@ HTTP itself."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any, BinaryIO, Callable, Iterable
 
@@ -15,7 +16,7 @@ from ..model import DataObject
 from .eviction import CacheEntry
 from .mime import SNIFF_BYTES, detect_mime
 from .pending import PendingDownload, State
-from .readers import StreamReader
+from .readers import SEND_TIMEOUT, StreamReader
 from .state import StateCorrupt, load_argus_cache, load_state, reconcile, remove_state_temporaries, save_state
 
 log = Logger()
@@ -44,6 +45,7 @@ class CacheManager:
         idle_timeout: float = 5.0,
         download_timeout: float = 3600.0,
         reader_idle_timeout: float = 30.0,
+        send_timeout: float | None = SEND_TIMEOUT,
     ) -> None:
         self.reactor = reactor
         self.store = store
@@ -56,6 +58,8 @@ class CacheManager:
         self.idle_timeout = idle_timeout
         self.download_timeout = download_timeout
         self.reader_idle_timeout = reader_idle_timeout
+        #: Seconds a client may stop reading before it is cut off.
+        self.send_timeout = send_timeout
         self.pending: dict[str, PendingDownload] = {}
         self.reserved = 0
         self.in_use: Counter[str] = Counter()
@@ -98,6 +102,43 @@ class CacheManager:
 
     def open_cached(self, object_id: str) -> BinaryIO:
         return open(self.store.path_of(object_id).path, "rb")
+
+    def open_verified(self, object_id: str) -> BinaryIO | None:
+        """The cached object's file, opened, if it is there with the size
+        the cache recorded; otherwise the entry is forgotten (the file went
+        missing or was changed behind our back: never serve it as a hit)
+        and None returned, so the caller treats the request as a miss."""
+        entry = self.policy.get(object_id)
+        if entry is None:
+            return None
+        try:
+            f = self.open_cached(object_id)
+        except OSError as e:
+            log.warn("cached object {objectId} cannot be opened ({error}): forgetting it", objectId=object_id, error=e)
+            self.forget(object_id)
+            return None
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError:
+            size = -1
+        if size != entry.size:
+            f.close()
+            log.warn(
+                "cached object {objectId} has {actual} bytes on disk, {expected} expected: dropping it",
+                objectId=object_id,
+                actual=size,
+                expected=entry.size,
+            )
+            self.forget(object_id)
+            if not self.in_use.get(object_id):
+                self._delete_file(object_id)
+            return None
+        return f
+
+    def forget(self, object_id: str) -> None:
+        """Drop the cache entry (the file, if any, is left to the caller)."""
+        if object_id in self.policy:
+            self.policy.remove(object_id)
 
     def hold(self, object_id: str) -> Callable[[], None]:
         """Mark an object in use (not evictable) until the returned call."""
@@ -153,6 +194,7 @@ class CacheManager:
             obj=obj,
             reactor=self.reactor,
             temp=self.store.open_temp(obj.id),
+            reopen_temp=lambda: self.store.open_temp(obj.id),
             find_sources=lambda exclude: storage.find_sources(obj, exclude),
             fetch=lambda endpoint, object_id, offset: client.get_object(endpoint, object_id, offset),
             acquire_slot=storage.download_slot,
@@ -195,12 +237,16 @@ class CacheManager:
         end: int,
         abort: Callable[[], None],
         pending: PendingDownload | None = None,
+        opened: BinaryIO | None = None,
     ) -> StreamReader:
-        """A reader of ``[start, end)`` of a cached object, or of ``pending``."""
+        """A reader of ``[start, end)`` of a cached object (``opened``: its
+        file, already open), or of ``pending``."""
         release = self.hold(object_id)
         if pending is not None:
             path = pending.temp.path.path
             open_file: Callable[[], BinaryIO] = lambda: open(path, "rb")
+        elif opened is not None:
+            open_file = lambda: opened
         else:
             open_file = lambda: self.open_cached(object_id)
         return StreamReader(
@@ -213,6 +259,7 @@ class CacheManager:
             self.reader_idle_timeout,
             on_release=release,
             abort=abort,
+            send_timeout=self.send_timeout,
         )
 
     # -- state -----------------------------------------------------------------
@@ -279,18 +326,22 @@ class CacheManager:
             log.info("cleanup dropped {count} objects no longer supported", count=dropped)
         return dropped
 
+    def abandon_downloads(self, reason: str = "the node is shutting down") -> Deferred[None]:
+        """Cancel every pending download (readers aborted, partial files
+        removed); fires when all have ended."""
+        waits = []
+        for pending in list(self.pending.values()):
+            waits.append(pending.when_done())
+            pending.cancel(reason)
+        return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
     def stop(self, reactor: Any, grace: float) -> Deferred[None]:
         """Shutdown: abandon downloads (readers aborted, partial files
         removed) and save state."""
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        waits = []
-        for pending in list(self.pending.values()):
-            waits.append(pending.when_done())
-            pending.cancel("the node is shutting down")
-        if waits:
-            await DeferredList(waits, consumeErrors=True)
+        await self.abandon_downloads()
         try:
             self.save()
             log.info("cache state saved ({count} objects)", count=len(self.policy))

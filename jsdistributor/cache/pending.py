@@ -55,7 +55,14 @@ class _SourceFailed(Exception):
 
 
 class _Rejected(Exception):
-    """The bytes are wrong (too many, hash mismatch): no failover."""
+    """Give up on the whole download (cancelled, or wrong bytes that cannot
+    be retried elsewhere)."""
+
+
+class _BadBytes(_Rejected):
+    """This source's bytes are wrong (too many, hash mismatch): readers got
+    unverified bytes from it, so they are aborted and the download restarts
+    from byte 0 on the next source (when a fresh temporary can be had)."""
 
 
 class _BodyReceiver(Protocol):
@@ -67,6 +74,11 @@ class _BodyReceiver(Protocol):
         self.finished: Deferred[None] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            # Given up on (idle, wrong bytes, cancelled): late bytes still
+            # queued in the transport must never reach the file, where the
+            # next source may already be writing.
+            return
         if self._skip:
             dropped = min(self._skip, len(data))
             self._skip -= dropped
@@ -108,6 +120,9 @@ class PendingDownload:
     total_timeout: float
     on_source_ok: Callable[[StorageEndpoint], None] = lambda endpoint: None
     on_source_failed: Callable[[StorageEndpoint], None] = lambda endpoint: None
+    #: ``() -> ITempObject`` a fresh temporary, to restart from byte 0 after
+    #: a source sent wrong bytes; None: such a download fails instead.
+    reopen_temp: Callable[[], ITempObject] | None = None
 
     state: State = State.WAITING_FOR_SLOT
     written: int = 0
@@ -204,7 +219,6 @@ class PendingDownload:
             release = await self._current
             self._check_cancelled()
             await self._download_from_sources()
-            self._verify()
             self.temp.commit()
         except Exception as e:
             reason = self._cancelled or _describe(e)
@@ -235,6 +249,20 @@ class PendingDownload:
                 tried.add(endpoint.url)
                 try:
                     await self._download_from(endpoint)
+                    self._verify()
+                except _BadBytes as e:
+                    self._check_cancelled()
+                    if self.reopen_temp is None:
+                        raise
+                    log.warn(
+                        "object {objectId}: source {source} sent wrong bytes ({reason}): starting over elsewhere",
+                        objectId=self.obj.id,
+                        source=endpoint.url,
+                        reason=str(e),
+                    )
+                    self.on_source_failed(endpoint)
+                    self._start_over(f"source {endpoint.url} sent wrong bytes: {e}")
+                    continue
                 except (_SourceFailed, StorageError) as e:
                     self._check_cancelled()
                     log.warn(
@@ -266,6 +294,8 @@ class PendingDownload:
             skip = offset  # the source ignored Range: drop what we have
         elif offset and response.code != 206:
             problem = f"unexpected status {response.code} to a Range request"
+        elif offset and range_start(response) not in (None, offset):
+            problem = f"answered a Range request for byte {offset} with another range"
         elif not offset and response.code != 200:
             problem = f"unexpected status {response.code}"
         if problem is not None:
@@ -295,7 +325,7 @@ class PendingDownload:
 
     def _received(self, data: bytes) -> None:
         if self.written + len(data) > self.obj.size:
-            raise _Rejected(
+            raise _BadBytes(
                 f"too many bytes: expected {self.obj.size}, got at least {self.written + len(data)}"
             )
         self.temp.write(data)  # may raise OSError (ENOSPC, EIO): fails the download
@@ -331,10 +361,28 @@ class PendingDownload:
 
     def _verify(self) -> None:
         if self.written != self.obj.size:
-            raise _Rejected(f"size mismatch: expected {self.obj.size}, got {self.written}")
+            raise _BadBytes(f"size mismatch: expected {self.obj.size}, got {self.written}")
         actual = self._hasher.ipfs_hash()
         if actual != self.obj.ipfs_hash:
-            raise _Rejected(f"hash mismatch: expected {self.obj.ipfs_hash}, got {actual}")
+            raise _BadBytes(f"hash mismatch: expected {self.obj.ipfs_hash}, got {actual}")
+
+    def _start_over(self, reason: str) -> None:
+        """Throw away every byte so far: abort the readers that were given
+        some (they can never be vouched for), take a fresh temporary and
+        count from 0 again. ``first_byte`` stays fired: readers joining now
+        wait for the new bytes."""
+        assert self.reopen_temp is not None
+        for reader in list(self.readers):
+            reader.source_failed(reason)
+        old, self.temp = self.temp, self.reopen_temp()  # may raise OSError: fails the download
+        try:
+            old.discard()
+        except OSError as e:
+            log.error("object {objectId}: cannot remove partial file: {error}", objectId=self.obj.id, error=e)
+        self.written = 0
+        self._hasher = ContentHasher()
+        self.head_bytes = b""
+        self.content_type = None
 
     def _finish_timers(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -369,6 +417,18 @@ class PendingDownload:
         observers, self._observers = self._observers, []
         for d in observers:
             d.callback(ok)
+
+
+def range_start(response: Any) -> int | None:
+    """The first byte of a 206's ``Content-Range``, None if absent or
+    malformed (tolerated: the content hash still guards the bytes)."""
+    from ..storage.client import parse_content_range
+
+    values = response.headers.getRawHeaders(b"content-range")
+    if not values or len(values) != 1:
+        return None
+    parsed = parse_content_range(values[0])
+    return None if parsed is None else parsed[0]
 
 
 def _abandon(response: Any) -> None:

@@ -22,6 +22,12 @@ log = Logger()
 #: Bytes read from disk and written to the consumer at a time.
 CHUNK = 64 * 1024
 
+#: Seconds a client may leave us paused (not reading) before its connection
+#: is aborted -- nginx's ``send_timeout``. A paused reader costs little
+#: memory, but it holds a socket, a file and (for a hit) keeps the object
+#: from being evicted; a player that paused for longer re-asks with a Range.
+SEND_TIMEOUT = 60.0
+
 
 class ByteSource(Protocol):
     """Where a reader's bytes come from: a pending download, or nothing for
@@ -63,6 +69,7 @@ class StreamReader:
         idle_timeout: float,
         on_release: Callable[[], None] | None = None,
         abort: Callable[[], None] | None = None,
+        send_timeout: float | None = SEND_TIMEOUT,
     ) -> None:
         self._reactor = reactor
         self._consumer = consumer
@@ -77,6 +84,8 @@ class StreamReader:
         self._paused = False
         self._pumping = False
         self._idle: IDelayedCall | None = None
+        self._send_timeout = send_timeout
+        self._stalled: IDelayedCall | None = None
         self.finished = False
         self.done: Deferred[None] = Deferred(lambda d: self._release())
 
@@ -104,6 +113,7 @@ class StreamReader:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         self._idle = None
+        self._disarm_send_timer()
         if self._source is not None:
             self._source.remove_reader(self)
         if self._file is not None:
@@ -133,10 +143,22 @@ class StreamReader:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        if self._send_timeout is not None and not self.finished and self._stalled is None:
+            self._stalled = self._reactor.callLater(self._send_timeout, self._client_stalled)
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._disarm_send_timer()
         self._pump()
+
+    def _disarm_send_timer(self) -> None:
+        if self._stalled is not None and self._stalled.active():
+            self._stalled.cancel()
+        self._stalled = None
+
+    def _client_stalled(self) -> None:
+        self._stalled = None
+        self.abort(f"the client read nothing for {self._send_timeout:.0f}s")
 
     def stopProducing(self) -> None:
         """The consumer went away (client disconnected)."""

@@ -400,7 +400,7 @@ def generate_samples(
     made: list[tuple[str, str, str]] = []  # (id, name, mime type)
     _write(objects / PNG_ID, png_bytes(320, 200, _picture(320, 200, 0.0)))
     made.append((PNG_ID, "gradient.png", "image/png"))
-    _write(objects / JPEG_ID, jpeg_bytes(160, 120, _picture(160, 120, 0.4)))
+    _write(objects / JPEG_ID, jpeg_bytes(320, 200, _picture(320, 200, 0.4)))
     made.append((JPEG_ID, "gradient.jpg", "image/jpeg"))
     _write(objects / WAV_ID, wav_bytes())
     made.append((WAV_ID, "arpeggio.wav", "audio/x-wav"))

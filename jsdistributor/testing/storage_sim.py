@@ -153,7 +153,8 @@ class RequestRecord(NamedTuple):
 class SendMarks:
     """When one GET's body reached given object offsets: ``marks`` holds
     ``(offset, seconds)`` pairs (``clock.seconds()`` when the chunk holding
-    byte ``offset`` was written to the transport)."""
+    byte ``offset`` was written to the transport); the last pair is the
+    body's end offset (exclusive), when its last byte was written."""
 
     object_id: str
     start: int
@@ -581,9 +582,10 @@ class StorageNodeSimulator(Resource):
             "sendMarks": [m.as_json() for m in self.send_marks],
         }
 
-    def _marker(self, object_id: str, start: int) -> Callable[[int], None]:
+    def _marker(self, object_id: str, start: int, end: int) -> Callable[[int], None]:
         """An ``on_bytes`` callback counting bytes and, if asked, recording
-        ``send_marks`` for one response body starting at ``start``."""
+        ``send_marks`` for one response body ``[start, end)``: every multiple
+        of ``send_mark_every`` in it, and ``end`` when the last byte went."""
         every = self.send_mark_every
         if every <= 0:
             return self._count_bytes
@@ -596,8 +598,10 @@ class StorageNodeSimulator(Resource):
             self.bytes_sent += n
             first = -(-position // every) * every  # the first multiple >= position
             now = self.clock.seconds()
-            for offset in range(first, position + n, every):
+            for offset in range(first, min(position + n, end), every):
                 record.marks.append((offset, now))
+            if position < end <= position + n:
+                record.marks.append((end, now))
             position += n
 
         return on_bytes
@@ -733,7 +737,7 @@ class StorageNodeSimulator(Resource):
             end - start + 1,
             knobs,
             _RequestSink(request, self.reactor),
-            self._marker(object_id, start),
+            self._marker(object_id, start, end + 1),
         )
         request.setHeader(b"content-length", b"%d" % (streamer.declared_length,))
         request.setHeader(b"accept-ranges", b"bytes")
