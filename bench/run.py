@@ -68,6 +68,9 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 HOST = "127.0.0.1"
 
+#: Hand-written analysis of the profiles, appended to the report.
+FINDINGS = ROOT / "bench" / "findings.md"
+
 # Object ids in the benchmark catalog.
 SMALL_ID = "1"
 LARGE_ID = "2"
@@ -1040,6 +1043,8 @@ def render_markdown(command: str, facts: list[str], results: Results, rss: dict[
             lines += [f"### {phase}", "", text, ""]
     if results.eviction:
         lines += ["", "## Eviction bookkeeping at 1M objects", "", "```", results.eviction.rstrip(), "```"]
+    if FINDINGS.is_file():
+        lines += ["", FINDINGS.read_text("utf-8").rstrip()]
     return "\n".join(lines).rstrip() + "\n"
 
 

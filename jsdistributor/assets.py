@@ -80,6 +80,8 @@ class AssetServer:
         if request.method == b"HEAD":
             mime = obj.mime_type or DEFAULT_MIME
             return self._head_only(request, obj, mime)
+        if self.cache.closing:
+            raise ApiError(503, "shutting_down", "the node is shutting down")
         cacheable = self.max_cached_item_size is None or obj.size <= self.max_cached_item_size
         if cacheable and self.cache.reserve(obj.size):
             try:

@@ -562,7 +562,8 @@ def _is_size(value: object) -> bool:
 
 
 def _is_bucket_id(value: object) -> bool:
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
+    # JSON Schema's "integer" admits 0.0: normalize_bucket_id refuses floats.
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         normalize_bucket_id(value)
     return True
 

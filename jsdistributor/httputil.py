@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
@@ -15,8 +16,14 @@ from .errors import ApiError, set_json
 
 access_log = Logger(namespace="jsdistributor.access")
 
-#: Operator request bodies above this are refused with 413.
+#: Request bodies above this are refused with 413 (operator routes take a
+#: small JSON object; public routes take none).
 MAX_BODY = 64 * 1024
+
+#: Seconds a client has to send a whole request (head and body) from its
+#: first byte: nginx's ``client_header_timeout`` is 60 s; our requests are
+#: a few hundred bytes.
+HEAD_TIMEOUT = 20.0
 
 
 def json_response(request: Any, value: object, status: int = 200) -> bytes:
@@ -69,10 +76,19 @@ class TimedRequest(Request):
         clock = getattr(site, "clock", None)
         self.started_at = clock.seconds() if clock is not None else 0.0
 
+    _body_received: int = 0
+
     def write(self, data: bytes) -> None:
         if not self.finished and self.method != b"HEAD":
             self.bytes_sent += len(data)
         super().write(data)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_received += len(data)
+        channel = self.channel
+        if isinstance(channel, _Channel) and not channel.body_received(self._body_received):
+            return  # refused: the rest is not kept (chunked bodies have no declared length)
+        super().handleContentChunk(data)
 
     def connectionLost(self, reason: Any) -> None:
         site = getattr(self.channel, "site", None)
@@ -82,24 +98,130 @@ class TimedRequest(Request):
 
 
 class _Channel(HTTPChannel):
-    """HTTP/1.1 with bounded request heads (twisted's defaults are
-    generous), counting the site's open connections.
+    """HTTP/1.1 with bounded request heads and bodies (twisted's defaults
+    are generous), counting the site's open connections.
+
+    Limits, each answered with its status and the connection closed:
+
+    - a request line plus headers above ``totalHeadersSize`` bytes, or more
+      than ``maxHeaders`` headers: 400 (twisted's own answer);
+    - a body above ``site.max_body`` bytes (declared, or counted as chunks
+      arrive): 413 -- twisted.web would otherwise spool any body, however
+      large, to a temporary file before the route sees it;
+    - a request (head and body) not complete ``site.head_timeout`` seconds
+      after its first byte (or after the connection opened): 408. The
+      site's idle ``timeout`` is reset by every byte, so alone it lets a
+      client trickling one byte a second ("slow loris") hold a connection
+      for ever.
 
     A plain ``HTTPChannel``: the node speaks cleartext HTTP (TLS, and so
     HTTP/2 negotiation, is a reverse proxy's job)."""
 
     totalHeadersSize = 16 * 1024
     maxHeaders = 100
+    _head_timer: Any = None
+    _refused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.connections += 1
+        self.site.channels.add(self)
 
     def connectionLost(self, reason: Any) -> None:
+        self._disarm_head_timer()
         try:
             super().connectionLost(reason)
         finally:
             self.site.connections -= 1
+            self.site._channel_gone(self)
+
+    # -- limits ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._handlingRequest:
+            self._arm_head_timer()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if not self._handlingRequest:
+            self._arm_head_timer()  # pipelined requests replayed from the buffer
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One line longer than the whole head may be: as twisted answers a
+        # head above totalHeadersSize (LineReceiver would just hang up).
+        self.refuse(400, b"Bad Request")
+
+    def allHeadersReceived(self) -> None:
+        if self.length is not None and self.length > self.site.max_body:
+            self.refuse(413, b"Content Too Large")
+            return
+        super().allHeadersReceived()
+
+    def body_received(self, total: int) -> bool:
+        """The request has sent ``total`` body bytes so far: False (and the
+        connection refused) when that is too many."""
+        if total > self.site.max_body:
+            self.refuse(413, b"Content Too Large")
+            return False
+        return not self._refused
+
+    def allContentReceived(self) -> None:
+        if self._refused:
+            return
+        self._disarm_head_timer()
+        super().allContentReceived()
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if self.site.draining:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
+
+    def refuse(self, code: int, phrase: bytes) -> None:
+        """Answer ``code`` to the request being received and close."""
+        if self._refused:
+            return
+        self._refused = True
+        self._disarm_head_timer()
+        self.length = 0
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-length: 0\r\nconnection: close\r\n\r\n" % (code, phrase)
+        )
+        self.loseConnection()
+        # A client that does not even read our answer is cut off.
+        self.callLater(self.site.head_timeout, self.transport.abortConnection)
+
+    def _arm_head_timer(self) -> None:
+        timeout = self.site.head_timeout
+        if self._head_timer is None and timeout is not None and not self._refused:
+            self._head_timer = self.callLater(timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._handlingRequest or self._refused:
+            return
+        self.refuse(408, b"Request Timeout")
+
+    # -- shutdown ----------------------------------------------------------
+
+    def close_when_idle(self) -> None:
+        """No new request on this connection: close it now if it has none
+        in progress, else once its responses are done."""
+        self.persistent = False
+        if not self.requests and self.transport is not None:
+            self.loseConnection()
 
 
 class AccessLoggingSite(Site):
@@ -111,7 +233,14 @@ class AccessLoggingSite(Site):
     protocol = _Channel
 
     def __init__(
-        self, resource: Any, clock: IReactorTime, name: str, timeout: float = 60.0, metrics: Any = None
+        self,
+        resource: Any,
+        clock: IReactorTime,
+        name: str,
+        timeout: float = 60.0,
+        metrics: Any = None,
+        head_timeout: float | None = HEAD_TIMEOUT,
+        max_body: int = MAX_BODY,
     ) -> None:
         # The clock also drives the channels' idle timeouts.
         super().__init__(resource, timeout=timeout, reactor=clock)
@@ -119,6 +248,50 @@ class AccessLoggingSite(Site):
         self.api_name = name
         self.metrics = metrics
         self.connections = 0
+        #: Seconds from a request's first byte to its complete head and body.
+        self.head_timeout = head_timeout
+        #: Request bodies above this many bytes are refused (413).
+        self.max_body = max_body
+        #: Open connections.
+        self.channels: set[_Channel] = set()
+        #: True once ``drain`` was called: no connection is kept alive.
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """Graceful stop (call once the port stopped listening): idle
+        connections are closed now, busy ones once their responses are
+        done; whatever is still open after ``grace`` seconds is aborted.
+        Fires when every connection is gone."""
+        self.draining = True
+        if not self.channels:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._drained.append(done)
+        for channel in list(self.channels):
+            channel.close_when_idle()
+        if self.channels:
+            deadline = self.clock.callLater(grace, self._abort_all)
+            done.addBoth(lambda result: (deadline.cancel() if deadline.active() else None) or result)
+        return done
+
+    def _abort_all(self) -> None:
+        if self.channels:
+            access_log.warn(
+                "{api}: {count} connections still busy after the shutdown grace period: aborting them",
+                api=self.api_name,
+                count=len(self.channels),
+            )
+        for channel in list(self.channels):
+            if channel.transport is not None:
+                channel.transport.abortConnection()
+
+    def _channel_gone(self, channel: _Channel) -> None:
+        self.channels.discard(channel)
+        if not self.channels:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
 
     def log(self, request: Any, aborted: bool = False) -> None:
         if getattr(request, "_access_logged", False):

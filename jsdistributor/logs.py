@@ -263,6 +263,9 @@ class RotatingJsonLog(BaseLogFile):
     ``clock`` (``IReactorTime``) gives the time: the period is checked at
     every write, so a period change rotates at the first line after it.
     A file left by an earlier run belongs to the period of its last change.
+    New files get the process's umask (the systemd unit sets 0027);
+    ``default_mode`` forces a mode instead (BaseLogFile does it by changing
+    the process-wide umask for a moment).
     """
 
     _ROTATED = re.compile(r"^(?P<base>.+)\.(?P<period>[0-9][0-9-]*)\.(?P<seq>[0-9]+)\.log(?P<gz>\.gz)?$")
@@ -278,7 +281,7 @@ class RotatingJsonLog(BaseLogFile):
         archive: bool = False,
         run_in_background: Callable[[Callable[[], None]], object] = run_now,
         base_name: str = BASE_NAME,
-        default_mode: int | None = 0o640,
+        default_mode: int | None = None,
     ) -> None:
         if frequency is not None and frequency not in FREQUENCIES:
             raise ValueError(f"frequency must be one of {', '.join(FREQUENCIES)}, not {frequency!r}")

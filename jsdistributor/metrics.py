@@ -61,15 +61,14 @@ def route_of(api: str, path: bytes | str) -> str:
     """The ``route`` label of a request: one of :data:`ROUTES`.
 
     ``api`` is the site's name (``public``/``operator``/``metrics``); ``path``
-    the request's path, with or without a query string.
+    the request's path, with or without a query string. ``/metrics`` is the
+    ``metrics`` route on the operator and metrics listeners only.
     """
     if isinstance(path, bytes):
         path = path.decode("ascii", "replace")
     path = path.split("?", 1)[0]
-    if path == "/metrics":
-        return "metrics"
-    if api == "operator":
-        return "operator"
+    if api != "public":
+        return "metrics" if path == "/metrics" else "operator" if api == "operator" else "other"
     if path.startswith(("/api/v1/assets/", "/api/v1/asset/")):
         return "assets"
     if path == "/api/v1/status":
@@ -82,8 +81,7 @@ def route_of(api: str, path: bytes | str) -> str:
 class NodeMetrics:
     """The metrics of one node, in their own registry."""
 
-    def __init__(self, clock: IReactorTime) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -144,9 +142,7 @@ class NodeMetrics:
             ["method"],
             registry=r,
         )
-        for route in ROUTES:  # so that dashboards see zeros, not gaps
-            self.requests.labels("public" if route != "operator" else "operator", route, "200")
-        for result in ("hit", "miss"):
+        for result in ("hit", "miss"):  # so that the hit ratio has both terms from the start
             self.cache_requests.labels(result)
             self.cache_bytes.labels(result)
 

@@ -86,7 +86,7 @@ class DistributorNode(MultiService):
         self.assets = self.components.assets
         from .metrics import NodeMetrics
 
-        self.metrics = getattr(self.components, "metrics", None) or NodeMetrics(reactor)
+        self.metrics = getattr(self.components, "metrics", None) or NodeMetrics()
         self.metrics.watch(self)
         #: Set by ``tap.makeService``: the console log observer twistd should
         #: use (see ``setServiceParent``).
@@ -219,6 +219,11 @@ class DistributorNode(MultiService):
             self.reactor._exitSignal = None
         stops = [service.stop_listening() for service in self.listening_services()]
         await DeferredList(stops, consumeErrors=True)
+        # Downloads are abandoned at once (their readers cut, no new ones
+        # start); responses in flight get STOP_GRACE_SECONDS to finish.
+        await self.cache.begin_shutdown()
+        drains = [s.site.drain(STOP_GRACE_SECONDS) for s in self.listening_services() if hasattr(s.site, "drain")]
+        await DeferredList(drains, consumeErrors=True)
         await self.cache.stop(self.reactor, STOP_GRACE_SECONDS)
         await MultiService.stopService(self)
         log.info("stopped")

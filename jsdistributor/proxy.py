@@ -75,10 +75,11 @@ class ProxyStream(Protocol):
         self._idle: IDelayedCall | None = None
         self._stalled: IDelayedCall | None = None
         self._paused = False
+        self._ending = False
 
     # -- IPushProducer (the client's side) ------------------------------
     def pauseProducing(self) -> None:
-        if self.done.called:
+        if self._ending:
             return
         self._paused = True
         if self.transport is not None:
@@ -90,7 +91,7 @@ class ProxyStream(Protocol):
             self._stalled = self._reactor.callLater(self._send_timeout, self._client_stalled)
 
     def resumeProducing(self) -> None:
-        if self.done.called:
+        if self._ending:
             return
         self._paused = False
         self._cancel(self._stalled)
@@ -159,6 +160,7 @@ class ProxyStream(Protocol):
         self._conclude()
 
     def _conclude(self) -> None:
+        self._ending = True
         self._stop_timers()
         if self._hasher is not None:
             actual = self._hasher.ipfs_hash()
@@ -179,6 +181,7 @@ class ProxyStream(Protocol):
 
     def _fail(self, reason: str) -> None:
         log.error("proxy cut off: {reason}", reason=reason)
+        self._ending = True
         self._stop_timers()
         if self.transport is not None:
             self.transport.stopProducing()
@@ -199,7 +202,7 @@ class ProxyStream(Protocol):
         self._idle = self._stalled = None
 
     def _arm_idle(self) -> None:
-        if self._idle_timeout is None or self.done.called or self._paused:
+        if self._idle_timeout is None or self._ending or self._paused:
             return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._idle_timeout)

@@ -49,7 +49,7 @@ def build_components(node: DistributorNode) -> Components:
     limits = config.limits
     timeout = limits.outbound_requests_timeout_ms / 1000.0
     pool = make_pool(reactor, limits.max_concurrent_outbound_connections)
-    metrics = NodeMetrics(reactor)
+    metrics = NodeMetrics()
     metadata = TimedMetadataSource(make_metadata_source(config, reactor, pool), metrics, reactor)
     client = StorageClient(reactor, pool, timeout, max_connections=limits.max_concurrent_outbound_connections)
     storage = StorageNodes(

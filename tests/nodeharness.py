@@ -36,8 +36,11 @@ class NodeHarness:
         sims: int = 2,
         unsupported: dict[str, bytes] | None = None,
         not_accepted: dict[str, bytes] | None = None,
+        prepare: Any = None,
         **config: Any,
     ) -> None:
+        """``prepare(node)``, if given, runs before the node starts (tests
+        swap parts in, e.g. ``node.cache.store = FaultyStore(...)``)."""
         for _ in range(sims):
             self.sims.append(await start_storage_sim(reactor, objects=dict(objects, **(unsupported or {}))))
         catalog = build_catalog(
@@ -48,6 +51,8 @@ class NodeHarness:
         doc = node_config_document(self.directory, "catalog.yml", **config)
         self.config = parse_config(doc, self.directory, {})
         self.node = DistributorNode(self.config, reactor)
+        if prepare is not None:
+            prepare(self.node)
         self.node.startService()
 
     @property

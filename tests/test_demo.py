@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -251,6 +252,20 @@ class DemoProcessTests(TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], "text/html; charset=utf-8")
         self.assertIn(b"<video", body)
+
+        # The printed curl line works: its token is signed for exactly that request.
+        match = re.search(r"curl -X POST (\S+) -H 'authorization: bearer (\S+)'.*?-d '([^']*)'", text, re.S)
+        assert match is not None, text
+        url, token, body = match.groups()
+        self.assertEqual(url, f"http://127.0.0.1:{demo.operator_port}/api/v1/set-buckets")
+        request = urllib.request.Request(
+            url,
+            data=body.encode(),
+            method="POST",
+            headers={"authorization": f"bearer {token}", "content-type": "application/json"},
+        )
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=30) as response:
+            self.assertEqual(response.status, 200)
 
         sims = demo.storage_ports()
         self.assertEqual(len(sims), 2)

@@ -62,6 +62,9 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(route_of("public", b"/api/v1/buckets"), "buckets")
         self.assertEqual(route_of("operator", b"/api/v1/set-worker"), "operator")
         self.assertEqual(route_of("operator", b"/metrics"), "metrics")
+        self.assertEqual(route_of("metrics", b"/metrics"), "metrics")
+        self.assertEqual(route_of("metrics", b"/api/v1/status"), "other")
+        self.assertEqual(route_of("public", b"/metrics"), "other")
         self.assertEqual(route_of("public", b"/favicon.ico"), "other")
         self.assertEqual(route_of("public", b"/api/v1/status/extra"), "other")
 
@@ -74,7 +77,7 @@ class RouteTests(SynchronousTestCase):
 
 class ObserveRequestTests(SynchronousTestCase):
     def test_hits_and_misses(self) -> None:
-        m = NodeMetrics(Clock())
+        m = NodeMetrics()
         m.observe_request("public", b"/api/v1/assets/1", 200, 100, "miss")
         m.observe_request("public", b"/api/v1/assets/1", 206, 10, "pending")
         m.observe_request("public", b"/api/v1/assets/1", 200, 100, "hit")
@@ -94,7 +97,7 @@ class ObserveRequestTests(SynchronousTestCase):
         self.assertNotIn("nonsense", text, "raw paths never become labels")
 
     def test_openmetrics_on_request(self) -> None:
-        m = NodeMetrics(Clock())
+        m = NodeMetrics()
         body, content_type = m.render(b"application/openmetrics-text; version=1.0.0")
         self.assertTrue(content_type.startswith("application/openmetrics-text"), content_type)
         self.assertTrue(body.endswith(b"# EOF\n"))
@@ -130,7 +133,7 @@ class _Source:
 class TimedMetadataSourceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.metrics = NodeMetrics(self.clock)
+        self.metrics = NodeMetrics()
         self.inner = _Source(self.clock)
         self.source = TimedMetadataSource(self.inner, self.metrics, self.clock)
 
@@ -193,7 +196,7 @@ class _Nodes:
 
 class CountingTests(SynchronousTestCase):
     def test_started_failed_retried_by_endpoint(self) -> None:
-        metrics = NodeMetrics(Clock())
+        metrics = NodeMetrics()
         nodes, client = _Nodes(), _Client()
         sources, counting = counting_pair(nodes, client, metrics, "cache")
         self.assertTrue(verifyObject(IStorageClient, counting))

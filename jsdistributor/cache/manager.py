@@ -61,6 +61,8 @@ class CacheManager:
         #: Seconds a client may stop reading before it is cut off.
         self.send_timeout = send_timeout
         self.pending: dict[str, PendingDownload] = {}
+        #: Shutting down: no new downloads.
+        self.closing = False
         self.reserved = 0
         self.in_use: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -326,6 +328,12 @@ class CacheManager:
             log.info("cleanup dropped {count} objects no longer supported", count=dropped)
         return dropped
 
+    def begin_shutdown(self) -> Deferred[None]:
+        """No new downloads from now on (``closing``); the pending ones are
+        abandoned. Fires when they have all ended."""
+        self.closing = True
+        return self.abandon_downloads()
+
     def abandon_downloads(self, reason: str = "the node is shutting down") -> Deferred[None]:
         """Cancel every pending download (readers aborted, partial files
         removed); fires when all have ended."""
@@ -341,7 +349,7 @@ class CacheManager:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        await self.abandon_downloads()
+        await self.begin_shutdown()
         try:
             self.save()
             log.info("cache state saved ({count} objects)", count=len(self.policy))

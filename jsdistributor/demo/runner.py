@@ -171,6 +171,10 @@ class Supervisor:
         for child in self.children:
             code = child.process.poll()
             if code is not None:
+                # Ctrl-C reaches the whole process group: a child may stop
+                # a moment before our own handler runs.
+                if self.stop_requested.wait(0.5):
+                    raise Interrupted()
                 raise ChildFailed(f"{child.name} exited with status {code}")
 
     def spawn(self, name: str, command: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> Child:
@@ -280,6 +284,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     supervisor = Supervisor(directory / "logs", options.show_logs)
     previous = {sig: signal.signal(sig, supervisor.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     status = EXIT_OK
+    killed: list[str] = []
     try:
         _start_network(options, directory, config_path, samples, supervisor, secret, console)
         while True:

@@ -26,8 +26,10 @@ from .daemon import Daemon
 #: ``etc/haproxy.cfg`` in a source tree (None when not there).
 TEMPLATE = Path(__file__).resolve().parents[2] / "etc" / "haproxy.cfg"
 
-#: Small timings for tests: a dead node is out of the ring in ~0.2 s.
-TEST_TIMEOUTS = {"connect": "1s", "client": "10s", "server": "10s", "http-request": "5s", "queue": "5s"}
+#: Small timings for tests (a slow machine still answers a check in time).
+TEST_TIMEOUTS = {
+    "connect": "1s", "client": "10s", "server": "10s", "http-request": "5s", "queue": "5s", "check": "2s",
+}
 
 
 def find_haproxy() -> str | None:
@@ -44,7 +46,7 @@ def render_haproxy_config(
     servers: Sequence[tuple[str, str, int]],
     *,
     stats_port: int | None = None,
-    check: str = "check inter 100ms fall 1 rise 1",
+    check: str = "check inter 100ms fall 3 rise 1",
     timeouts: Mapping[str, str] = TEST_TIMEOUTS,
     maxconn: int = 4096,
     logs: bool = False,
