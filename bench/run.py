@@ -1105,6 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rss is not None:
             rss.stop()
         net.processes.stop_all()
+        shutil.rmtree(work / "node", ignore_errors=True)  # the node's cache: gigabytes, throw-away
         signal.signal(signal.SIGTERM, previous)
     if not args.skip_eviction:
         phase_eviction(results, args.quick)

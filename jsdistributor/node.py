@@ -24,6 +24,11 @@ log = Logger()
 #: How long stopService waits for in-flight responses before closing them.
 STOP_GRACE_SECONDS = 5.0
 
+#: Pending connections the kernel queues for us (capped by
+#: net.core.somaxconn). Twisted's default of 50 drops SYNs when a burst of
+#: viewers connects at once, and each dropped SYN costs its viewer a second.
+LISTEN_BACKLOG = 1024
+
 
 class ListeningService(Service):
     """Listens on a TCP port while running; can stop/start listening on demand
@@ -43,7 +48,9 @@ class ListeningService(Service):
 
     def listen(self) -> None:
         if self.listening_port is None:
-            self.listening_port = self._reactor.listenTCP(self.port, self.site, interface=self.interface)
+            self.listening_port = self._reactor.listenTCP(
+                self.port, self.site, backlog=LISTEN_BACKLOG, interface=self.interface
+            )
             log.info(
                 "{name} listening on http://{interface}:{port}",
                 name=self.name,

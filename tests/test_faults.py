@@ -377,7 +377,7 @@ class _DaemonCase(TestCase):
 
     timeout = 120
 
-    async def _start_network(self, objects: dict[str, bytes], **config: Any) -> None:
+    async def _start_network(self, objects: dict[str, bytes], catalog: str = "catalog.yml", **config: Any) -> None:
         from jsdistributor.metadata.catalog import write_catalog
         from jsdistributor.testing.network import build_catalog, free_port, node_config_document
         from jsdistributor.testing.storage_sim import start_storage_sim
@@ -387,9 +387,9 @@ class _DaemonCase(TestCase):
         self.objects = objects
         self.sim = await start_storage_sim(reactor, objects=objects)
         self.addCleanup(lambda: ensureDeferred(self.sim.stop()))
-        write_catalog(self.dir / "catalog.yml", build_catalog([self.sim.node_endpoint], objects))
+        write_catalog(self.dir / catalog, build_catalog([self.sim.node_endpoint], objects))
         self.public_port, self.operator_port = free_port(), free_port()
-        doc = node_config_document(self.dir, "catalog.yml", self.public_port, self.operator_port, **config)
+        doc = node_config_document(self.dir, catalog, self.public_port, self.operator_port, **config)
         self.config_path = self.dir / "config.json"
         self.config_path.write_text(json.dumps(doc))
         self.client = Client()
@@ -472,12 +472,13 @@ class ProcessTests(_DaemonCase):
         from jsdistributor.cache.state import load_state
 
         data = os.urandom(1000)
-        await self._start_network({"1": data}, **{"intervals.saveCacheState": 1})
-        # A large state: 40,000 small cached objects (adopted from the disk
+        # A large state: 20,000 small cached objects (adopted from the disk
         # at start-up), so one save takes long enough to be caught in the act.
+        small = {str(i): b"%d" % i for i in range(100, 20_100)}
+        await self._start_network({"1": data, **small}, catalog="catalog.json", **{"intervals.saveCacheState": 1})
         self.assets.mkdir()
-        for i in range(100, 40_100):
-            (self.assets / str(i)).write_bytes(b"%d" % i)
+        for object_id, content in small.items():
+            (self.assets / object_id).write_bytes(content)
         caught = False
         for attempt in range(6):
             await self._launch()
@@ -529,6 +530,7 @@ class ProcessTests(_DaemonCase):
         objects = {str(i): os.urandom(50_000 + i) for i in range(1, 41)}
         await self._start_network(objects, storage="600K")
         rng = random.Random(11)
+        evictions = 0
         for round_ in range(3):
             await self._launch()
             order = list(objects)
@@ -537,13 +539,15 @@ class ProcessTests(_DaemonCase):
             await sleep(rng.uniform(0.05, 0.4))
             self.daemon.kill()
             await self.daemon.wait()
-            await DeferredList(fetches, consumeErrors=True)
-            for outcome, object_id in zip([f.result if hasattr(f, "result") else None for f in fetches], order):
-                if isinstance(outcome, Outcome):
+            results = await DeferredList(fetches, consumeErrors=True)
+            for (ok, outcome), object_id in zip(results, order):
+                if ok:
                     assert_never_complete_and_wrong(self, outcome, objects[object_id], f"round {round_} {object_id}")
+            evictions += self.daemon.output.count("evicted object")
             for path in self.assets.iterdir():
                 if path.is_file():
                     self.assertTrue(path.read_bytes() == objects[path.name], f"{path.name} on disk is whole and right")
+        self.assertGreater(evictions, 0, "the kills landed while objects were being evicted")
         await self._launch()
         for object_id, data in objects.items():
             outcome = await self.get(object_id)
@@ -653,3 +657,92 @@ def _slow_read(port: int, path: str, rate: int) -> tuple[int, bool]:
         except (ConnectionResetError, socket.timeout):
             pass
         return got, got == length
+
+
+class TimeoutStormTests(TestCase):
+    """The original node died of heap exhaustion when storage nodes stopped
+    answering under load. Here (CI scale; ``bench/storm.py`` is the full
+    size): every storage node stalls while 100 clients ask for 100 uncached
+    objects. Requests end within their timeouts with clear errors, hits keep
+    being served quickly, memory and descriptors stay bounded, and the node
+    recovers by itself when the storage nodes answer again."""
+
+    timeout = 90
+
+    CLIENTS = 100
+    PENDING_TIMEOUT = 8
+
+    def setUp(self) -> object:
+        self.objects = {str(i): os.urandom(20_000) for i in range(1, self.CLIENTS + 1)}
+        self.objects["999"] = HIT
+        self.h = NodeHarness(Path(self.mktemp()))
+        self.client = Client()
+        self.addCleanup(self.client.close)
+        self.addCleanup(lambda: ensureDeferred(self.h.stop()))
+        return ensureDeferred(
+            self.h.start(self.objects, **FAST, **{"limits.pendingDownloadTimeoutSec": self.PENDING_TIMEOUT})
+        )
+
+    async def _storm(self) -> None:
+        from .faultkit import vm_rss_kib
+
+        url = f"{self.h.public}/assets/"
+        warm = await self.client.fetch(url + "999")
+        self.assertEqual(warm.body, HIT)
+        fds_before = len(os.listdir("/proc/self/fd"))
+        rss_before = vm_rss_kib()
+        for sim in self.h.sims:
+            sim.sim.configure(stall_after=0)  # headers, then nothing
+        started = time.monotonic()
+        ended: dict[str, float] = {}
+
+        async def one(object_id: str) -> Outcome:
+            outcome = await self.client.fetch(url + object_id)
+            ended[object_id] = time.monotonic() - started
+            return outcome
+
+        storm = [ensureDeferred(one(str(i))) for i in range(1, self.CLIENTS + 1)]
+        hit_latencies = []
+        peak_fds = peak_rss = 0
+        while len(ended) < self.CLIENTS and time.monotonic() - started < 60:
+            t0 = time.monotonic()
+            hit = await self.client.fetch(url + "999")
+            hit_latencies.append(time.monotonic() - t0)
+            self.assertEqual((hit.code, hit.body == HIT), (200, True), "hits are served during the storm")
+            peak_fds = max(peak_fds, len(os.listdir("/proc/self/fd")))
+            peak_rss = max(peak_rss, vm_rss_kib())
+            await sleep(0.2)
+        results = await DeferredList(storm, fireOnOneErrback=True)
+        kinds: dict[str, int] = {}
+        for (_, outcome), object_id in zip(results, range(1, self.CLIENTS + 1)):
+            assert_never_complete_and_wrong(self, outcome, self.objects[str(object_id)], f"storm {object_id}")
+            self.assertFalse(outcome.code == 200 and outcome.complete, "no storage node sent a byte")
+            self.assertEqual(outcome.code, 502, f"a clear error status, not {outcome.code}")
+            kind = json.loads(outcome.body)["type"]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        self.assertEqual(set(kinds), {"download_failed"})
+        slowest = max(ended.values())
+        self.assertLess(slowest, self.PENDING_TIMEOUT + 3, "every request ended within pendingDownloadTimeoutSec")
+        self.assertLess(max(hit_latencies), 1.0, f"hits stay fast (max {max(hit_latencies):.3f}s)")
+        self.assertLess(peak_rss - rss_before, 64 * 1024, "memory stays bounded (< 64 MiB growth)")
+        self.assertLess(peak_fds - fds_before, 3 * self.CLIENTS + 50, "descriptors stay bounded")
+        # The storage nodes come back: the node recovers by itself.
+        for sim in self.h.sims:
+            sim.sim.clear_knobs()
+        for object_id in ("1", "50", str(self.CLIENTS)):
+            outcome = await self.client.fetch(url + object_id)
+            self.assertEqual((outcome.code, outcome.complete), (200, True), outcome.error)
+            self.assertTrue(outcome.body == self.objects[object_id])
+        await sleep(0.5)
+        status = json.loads((await self.client.fetch(f"{self.h.public}/status")).body)
+        self.assertEqual(status["downloadsInProgress"], 0)
+        self.assertLess(len(os.listdir("/proc/self/fd")) - fds_before, 20, "no descriptor leaked")
+        self.storm_figures = {
+            "slowest": slowest,
+            "hit_max": max(hit_latencies),
+            "rss_growth_kib": peak_rss - rss_before,
+            "peak_fds": peak_fds - fds_before,
+        }
+
+    def test_every_storage_node_stalls_under_load(self) -> object:
+        return ensureDeferred(self._storm())
