@@ -120,6 +120,7 @@ class _Channel(HTTPChannel):
     totalHeadersSize = 16 * 1024
     maxHeaders = 100
     _head_timer: Any = None
+    _abort_call: Any = None
     _refused = False
 
     def connectionMade(self) -> None:
@@ -129,6 +130,8 @@ class _Channel(HTTPChannel):
 
     def connectionLost(self, reason: Any) -> None:
         self._disarm_head_timer()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         try:
             super().connectionLost(reason)
         finally:
@@ -196,7 +199,7 @@ class _Channel(HTTPChannel):
         )
         self.loseConnection()
         # A client that does not even read our answer is cut off.
-        self.callLater(self.site.head_timeout, self.transport.abortConnection)
+        self._abort_call = self.callLater(self.abortTimeout, self.transport.abortConnection)
 
     def _arm_head_timer(self) -> None:
         timeout = self.site.head_timeout

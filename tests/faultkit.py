@@ -29,8 +29,13 @@ class Outcome:
     body: bytes
     complete: bool
     error: str | None = None
+    #: The announced ``content-length`` (twisted's client moves it out of
+    #: the headers), None if there was none.
+    length: int | None = None
 
     def header(self, name: str) -> str | None:
+        if name.lower() == "content-length":
+            return None if self.length is None else str(self.length)
         if self.headers is None:
             return None
         values = self.headers.getRawHeaders(name)
@@ -56,20 +61,29 @@ class Client:
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.agent = Agent(reactor, pool=self.pool, connectTimeout=10)
 
-    async def fetch(self, url: str, headers: dict[str, str] | None = None, method: str = "GET") -> Outcome:
+    async def fetch(
+        self, url: str, headers: dict[str, str] | None = None, method: str = "GET", body: bytes | None = None
+    ) -> Outcome:
+        from twisted.web.client import FileBodyProducer
+        from io import BytesIO
+
         h = Headers({k.encode(): [v.encode("latin-1")] for k, v in (headers or {}).items()})
+        producer = FileBodyProducer(BytesIO(body)) if body is not None else None
         try:
-            response = await self.agent.request(method.encode(), url.encode(), h)
+            response = await self.agent.request(method.encode(), url.encode(), h, producer)
         except Exception as e:  # aborted before the head: the viewer sees an error
             return Outcome(None, None, b"", False, f"{type(e).__name__}: {e}")
         done: Deferred[tuple[bytes, Failure]] = Deferred()
         response.deliverBody(_Collect(done))
-        body, reason = await done
+        data, reason = await done
+        from twisted.web.iweb import UNKNOWN_LENGTH
+
         complete = bool(reason.check(ResponseDone))
-        length = response.headers.getRawHeaders(b"content-length")
-        if complete and length and int(length[0]) != len(body) and method != "HEAD":
+        length = None if response.length is UNKNOWN_LENGTH else int(response.length)
+        if complete and length is not None and length != len(data) and method != "HEAD":
             complete = False
-        return Outcome(response.code, response.headers, body, complete, None if complete else reason.getErrorMessage())
+        error = None if complete else reason.getErrorMessage()
+        return Outcome(response.code, response.headers, data, complete, error, length)
 
     def close(self) -> Deferred[None]:
         return self.pool.closeCachedConnections()
