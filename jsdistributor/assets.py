@@ -16,9 +16,11 @@ from typing import Any, BinaryIO, Callable, Coroutine
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.web.server import NOT_DONE_YET
 
 from .cache.manager import CacheManager
 from .cache.pending import DownloadFailed, PendingDownload, range_start as _range_start
+from .cache.readers import StreamReader
 from .errors import ApiError, MetadataUnavailable, StorageError
 from .model import DataObject, is_valid_object_id
 from .proxy import ProxyFailed, ProxyStream
@@ -174,6 +176,14 @@ class AssetServer:
     # -- cached ----------------------------------------------------------------
 
     async def _serve_cached(self, request: Any, object_id: str, entry: Any, opened: BinaryIO) -> bytes | None:
+        begun = self._begin_cached(request, object_id, entry, opened)
+        if isinstance(begun, bytes):
+            return begun
+        return await self._stream(request, begun.start(), begun.stopProducing)
+
+    def _begin_cached(self, request: Any, object_id: str, entry: Any, opened: BinaryIO) -> bytes | StreamReader:
+        """Headers of a hit, and either the whole (empty) body or the reader
+        to start."""
         etag = etag_for(entry.ipfs_hash) if entry.ipfs_hash else None
         self._headers(request, entry.mime_type or DEFAULT_MIME, etag, b"hit", b"local", CACHE_HIT)
         plan = self._plan(request, entry.size, etag)
@@ -185,8 +195,36 @@ class AssetServer:
         if window is None:
             opened.close()
             return b""
-        reader = self.cache.reader(request, object_id, window[0], window[1], _abort_for(request), opened=opened)
-        return await self._stream(request, reader.start(), reader.stopProducing)
+        return self.cache.reader(request, object_id, window[0], window[1], _abort_for(request), opened=opened)
+
+    def render_hit(self, request: Any, object_id: str) -> bytes | int | None:
+        """The hot path: a cached object served straight from twisted.web
+        (no routing framework, no coroutine, no Deferred chain to Klein).
+        None when ``object_id`` (already validated) is not a servable hit:
+        the caller then takes the general path."""
+        entry = self.cache.cached(object_id)
+        if entry is None:
+            return None
+        opened = self.cache.open_verified(object_id)
+        if opened is None:
+            return None
+        begun = self._begin_cached(request, object_id, entry, opened)
+        if isinstance(begun, bytes):
+            return begun
+        gone = []
+
+        def finish(_: object) -> None:
+            if not gone and not request.finished:
+                request.finish()
+
+        def lost(_: object) -> None:
+            gone.append(True)
+            begun.stopProducing()
+
+        request.notifyFinish().addErrback(lost)
+        # An aborted reader already cut the connection: nothing to finish.
+        begun.start().addCallbacks(finish, lambda f: None)
+        return NOT_DONE_YET
 
     # -- pending ---------------------------------------------------------------
 

@@ -55,6 +55,9 @@ class InstantStorage:
     def find_sources(self, obj: DataObject, exclude: frozenset[str] = frozenset()) -> Deferred[list[StorageEndpoint]]:
         return succeed([] if SOURCE.url in exclude else [SOURCE])
 
+    def best_guess(self, obj: DataObject) -> StorageEndpoint | None:
+        return None  # always the HEAD-checked path
+
     def get_object(self, endpoint: StorageEndpoint, object_id: str, offset: int = 0, end: int | None = None) -> Deferred[Any]:
         return succeed(InstantResponse(self.objects[object_id][offset:]))
 

@@ -8,11 +8,11 @@ import os
 from collections import Counter
 from typing import Any, BinaryIO, Callable, Iterable
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from ..interfaces import IContentStore
-from ..model import DataObject
+from ..model import DataObject, StorageEndpoint
 from .eviction import CacheEntry
 from .mime import SNIFF_BYTES, detect_mime
 from .pending import PendingDownload, State
@@ -192,12 +192,25 @@ class CacheManager:
         """Start fetching ``obj`` (space must have been reserved)."""
         assert obj.id not in self.pending
         storage, client = self.storage, self.client
+
+        def find_sources(exclude: frozenset[str]) -> Deferred[list[StorageEndpoint]]:
+            # First round: GET the best guess straight away (the GET is its
+            # own availability check: one round trip less on every miss);
+            # after a failure, HEAD-checked candidates in rank order.
+            best_guess = getattr(storage, "best_guess", None)  # optional in fakes
+            if not exclude and best_guess is not None:
+                guess = best_guess(obj)
+                if guess is not None:
+                    return succeed([guess])
+            return storage.find_sources(obj, exclude)  # type: ignore[no-any-return]
+
         pending = PendingDownload(
             obj=obj,
             reactor=self.reactor,
             temp=self.store.open_temp(obj.id),
             reopen_temp=lambda: self.store.open_temp(obj.id),
-            find_sources=lambda exclude: storage.find_sources(obj, exclude),
+            find_sources=find_sources,
+            run_blocking=self._run_blocking,
             fetch=lambda endpoint, object_id, offset: client.get_object(endpoint, object_id, offset),
             acquire_slot=storage.download_slot,
             idle_timeout=self.idle_timeout,
@@ -209,6 +222,16 @@ class CacheManager:
         log.info("object {objectId}: download started ({size} bytes)", objectId=obj.id, size=obj.size)
         pending.start().addCallback(self._download_done, pending)
         return pending
+
+    def _run_blocking(self, work: Callable[[], None]) -> Deferred[None]:
+        """Disk work that may block (fsync) in the reactor's thread pool when
+        there is one (a real reactor), else right away (a test Clock)."""
+        get_pool = getattr(self.reactor, "getThreadPool", None)
+        if get_pool is None:
+            return maybeDeferred(work)
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self.reactor, get_pool(), work)
 
     def _download_done(self, ok: bool, pending: PendingDownload) -> None:
         obj = pending.obj

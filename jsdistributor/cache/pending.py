@@ -19,7 +19,7 @@ import enum
 from typing import Any, Callable
 
 from attrs import define, field
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
@@ -123,9 +123,14 @@ class PendingDownload:
     #: ``() -> ITempObject`` a fresh temporary, to restart from byte 0 after
     #: a source sent wrong bytes; None: such a download fails instead.
     reopen_temp: Callable[[], ITempObject] | None = None
+    #: Runs blocking disk work (the commit's fsync and rename), e.g. in a
+    #: thread; default: right here.
+    run_blocking: Callable[[Callable[[], None]], Deferred[None]] = lambda work: maybeDeferred(work)
 
     state: State = State.WAITING_FOR_SLOT
     written: int = 0
+    #: Size and hash checked and the file in place: readers may have every byte.
+    verified: bool = False
     content_type: str | None = None
     source: StorageEndpoint | None = None
     failure_reason: str | None = None
@@ -156,7 +161,7 @@ class PendingDownload:
     def readable_limit(self) -> int:
         """Bytes readers may have: everything once verified, otherwise all
         but the object's last byte."""
-        if self.state is State.COMPLETED:
+        if self.verified:
             return self.obj.size
         return min(self.written, max(self.obj.size - 1, 0))
 
@@ -219,7 +224,12 @@ class PendingDownload:
             release = await self._current
             self._check_cancelled()
             await self._download_from_sources()
-            self.temp.commit()
+            # The fsync and rename run off the reactor thread (other
+            # connections keep moving) and a shutdown does not interrupt
+            # them; the last byte goes out once the object is in place, so
+            # a reader that got every byte finds the object cached.
+            await self.run_blocking(self.temp.commit)
+            self.verified = True
         except Exception as e:
             reason = self._cancelled or _describe(e)
             self._fail(reason)

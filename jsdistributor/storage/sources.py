@@ -269,10 +269,7 @@ class StorageNodes(Service):
         """
         if not is_valid_object_id(obj.id):
             return fail(ValueError(f"invalid data object id {obj.id!r}"))
-        candidates: dict[str, StorageEndpoint] = {}
-        for endpoint in obj.storage_endpoints:
-            if endpoint.url not in exclude:
-                candidates.setdefault(endpoint.url, endpoint)
+        candidates = self._candidates(obj, exclude)
         remembered = self.remembered_source(obj.id)
         if remembered is not None and remembered.url in candidates:
             return succeed([candidates[remembered.url]])
@@ -281,6 +278,28 @@ class StorageNodes(Service):
             self._client, obj.id, ranked, self.availability_concurrency, self.max_sources, self._head_failed
         )
         return check.run()
+
+    def _candidates(self, obj: DataObject, exclude: frozenset[str]) -> dict[str, StorageEndpoint]:
+        candidates: dict[str, StorageEndpoint] = {}
+        for endpoint in obj.storage_endpoints:
+            if endpoint.url not in exclude:
+                candidates.setdefault(endpoint.url, endpoint)
+        return candidates
+
+    def best_guess(self, obj: DataObject) -> StorageEndpoint | None:
+        """The source to try first without any HEAD: the remembered one, else
+        the best-ranked healthy node holding the object's bag. A download
+        GETs it directly (the GET is its own availability check, one round
+        trip less on every miss) and falls back to ``find_sources`` with it
+        excluded when it fails."""
+        candidates = self._candidates(obj, frozenset())
+        remembered = self.remembered_source(obj.id)
+        if remembered is not None and remembered.url in candidates:
+            return candidates[remembered.url]
+        for url in self.response_times.rank(candidates):
+            if not self.response_times.is_penalised(url):
+                return candidates[url]
+        return None
 
     def _head_failed(self, endpoint: StorageEndpoint, object_id: str, failure: Failure) -> None:
         log.info(
