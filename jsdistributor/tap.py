@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -35,9 +36,13 @@ class Options(usage.Options):
             problems = check_secret_strength(config, bool(self["insecure-dev"]))
             problems += prepare_directories(config)
         except ConfigError as e:
-            raise usage.UsageError(_problems_text(self["config"], e.problems)) from None
+            problems = e.problems
         if problems:
-            raise usage.UsageError(_problems_text(self["config"], problems))
+            # Not a UsageError: twistd would print the whole option list
+            # first and bury the problems. One line per problem, exit 2.
+            sys.stderr.write("jsdistributor: " + _problems_text(self["config"], problems) + "\n")
+            sys.stderr.flush()
+            raise SystemExit(2)
         self.node_config = config
 
 
