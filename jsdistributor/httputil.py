@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -12,7 +13,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from .errors import ApiError, set_json
+from .errors import ApiError, json_error, set_json
 
 access_log = Logger(namespace="jsdistributor.access")
 
@@ -83,6 +84,19 @@ class TimedRequest(Request):
             self.bytes_sent += len(data)
         super().write(data)
 
+    def process(self) -> None:
+        if not _is_utf8_path(self.path):
+            # Klein answers 400 too, but logs a traceback for each such
+            # request ("Invalid encoding in PATH_INFO"): a client could
+            # fill the logs. Answer here, quietly.
+            body = json_error("invalid_path", "the request path is not UTF-8 once percent-decoded")
+            set_json(self, 400)
+            self.setHeader(b"content-length", b"%d" % (len(body),))
+            self.write(body)
+            self.finish()
+            return
+        super().process()
+
     def handleContentChunk(self, data: bytes) -> None:
         self._body_received += len(data)
         channel = self.channel
@@ -95,6 +109,15 @@ class TimedRequest(Request):
         super().connectionLost(reason)  # forgets the channel
         if not self.finished and isinstance(site, AccessLoggingSite):
             site.log(self, aborted=True)
+
+
+def _is_utf8_path(uri: bytes) -> bool:
+    path = uri.split(b"?", 1)[0]
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class _Channel(HTTPChannel):
