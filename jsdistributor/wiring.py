@@ -81,18 +81,15 @@ def build_components(node: DistributorNode) -> Components:
         reactor, cache, metadata, node.selection, proxy_storage, proxy_client, limits.max_cached_item_size
     )
 
-    async def supported_ids() -> set[str] | None:
+    async def cleanup() -> None:
+        """Drop what the node no longer serves (runs at start-up too: the
+        timer's first run is immediate, after the state was loaded)."""
         try:
             objects = await metadata.list_bucket_objects(node.selection)
         except MetadataUnavailable as e:
             log.warn("cannot list this node's objects ({error}); cleanup skipped", error=str(e))
-            return None
-        return set(objects)
-
-    async def cleanup() -> None:
-        ids = await supported_ids()
-        if ids is not None:
-            cache.cleanup(ids)
+            return
+        cache.cleanup({object_id: summary.size for object_id, summary in objects.items()})
 
     def save() -> Any:
         return cache.save_in_thread()

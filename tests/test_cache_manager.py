@@ -172,3 +172,27 @@ class SpaceTests(SynchronousTestCase):
         self.assertEqual(again.cached("2").popularity, 2)
         self.assertEqual(again.cached("1").ipfs_hash, content_hash(b"one"))
         self.assertEqual(again.storage_used, 7)
+
+
+class CleanupTests(SynchronousTestCase):
+    def test_drops_unsupported_and_wrong_sized_objects_but_not_under_readers(self) -> None:
+        clock = Clock()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        objects = {"1": b"one", "2": b"two", "3": b"three", "4": b"four"}
+        manager = make_manager(directory, objects, clock)
+        for object_id, data in objects.items():
+            manager.reserve(len(data))
+            manager.start_download(obj(object_id, data))
+        release = manager.hold("4")
+        # 2: the network now says another size; 3 and 4: no longer supported.
+        dropped = manager.cleanup({"1": 3, "2": 999})
+        self.assertEqual(dropped, 2)
+        self.assertIsNotNone(manager.cached("1"))
+        self.assertIsNone(manager.cached("2"))
+        self.assertIsNone(manager.cached("3"))
+        self.assertFalse(manager.store.path_of("3").exists())
+        self.assertIsNotNone(manager.cached("4"), "an object being read stays until the next round")
+        release()
+        self.assertEqual(manager.cleanup({"1": 3}), 1)
+        self.assertEqual(manager.storage_used, 3)

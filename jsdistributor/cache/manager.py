@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -339,12 +339,14 @@ class CacheManager:
         snapshot = list(self.policy.entries())
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), save_state, self.state_path, snapshot)
 
-    def cleanup(self, supported: Iterable[str]) -> int:
-        """Drop cached objects no longer supported; returns how many."""
-        keep = set(supported)
+    def cleanup(self, supported: Mapping[str, int]) -> int:
+        """Drop cached objects no longer supported (``supported``: id ->
+        size the network says it has), or whose size disagrees; returns
+        how many. Objects being read are left for the next round."""
         dropped = 0
         for entry in list(self.policy.entries()):
-            if entry.object_id not in keep and not self.in_use.get(entry.object_id):
+            expected = supported.get(entry.object_id)
+            if (expected is None or expected != entry.size) and not self.in_use.get(entry.object_id):
                 self.remove(entry.object_id)
                 dropped += 1
         if dropped:
