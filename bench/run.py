@@ -1045,7 +1045,26 @@ def render_markdown(command: str, facts: list[str], results: Results, rss: dict[
         lines += ["", "## Eviction bookkeeping at 1M objects", "", "```", results.eviction.rstrip(), "```"]
     if FINDINGS.is_file():
         lines += ["", FINDINGS.read_text("utf-8").rstrip()]
+    scale_out = _scale_out_figures()
+    if scale_out:
+        lines += ["", "## Scale-out behind HAProxy (from docs/scale-out.md)", "", scale_out]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _scale_out_figures() -> str:
+    """The measured section of docs/scale-out.md (``bench/bench_haproxy.py``
+    writes its figures there; it starts several nodes and takes a minute, so
+    it is run on its own)."""
+    doc = ROOT / "docs" / "scale-out.md"
+    if not doc.is_file():
+        return ""
+    text = doc.read_text("utf-8")
+    start = text.find("## Measured")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    section = text[start:] if end < 0 else text[start:end]
+    return section.split("\n", 1)[1].strip()
 
 
 # -- main ---------------------------------------------------------------------------------------
