@@ -327,6 +327,7 @@ class AssetServer:
                 reactor=self.reactor,
                 idle_timeout=self.cache.idle_timeout,
                 send_timeout=self.cache.send_timeout,
+                upstream_length=response.length if isinstance(response.length, int) else None,
             )
             response.deliverBody(stream)
             return await self._stream(request, stream.done, stream.stopProducing)

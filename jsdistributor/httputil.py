@@ -132,10 +132,10 @@ class _Channel(HTTPChannel):
       arrive): 413 -- twisted.web would otherwise spool any body, however
       large, to a temporary file before the route sees it;
     - a request (head and body) not complete ``site.head_timeout`` seconds
-      after its first byte (or after the connection opened): 408. The
-      site's idle ``timeout`` is reset by every byte, so alone it lets a
-      client trickling one byte a second ("slow loris") hold a connection
-      for ever.
+      after its first byte: 408. The site's idle ``timeout`` is reset by
+      every byte, so alone it lets a client trickling one byte a second
+      ("slow loris") hold a connection for ever. (A connection that sends
+      nothing at all is closed by that idle ``timeout``.)
 
     A plain ``HTTPChannel``: the node speaks cleartext HTTP (TLS, and so
     HTTP/2 negotiation, is a reverse proxy's job)."""

@@ -59,9 +59,12 @@ class ProxyStream(Protocol):
         reactor: Any = None,
         idle_timeout: float | None = None,
         send_timeout: float | None = SEND_TIMEOUT,
+        upstream_length: int | None = None,
     ) -> None:
         self._consumer = consumer
         self._position = upstream_offset
+        #: Object offset where the upstream body ends (None: unknown).
+        self._upstream_end = None if upstream_length is None else upstream_offset + upstream_length
         self._window = window
         self._hasher = ContentHasher() if expected_hash is not None else None
         self._expected_hash = expected_hash
@@ -142,10 +145,11 @@ class ProxyStream(Protocol):
             self.sent += len(chunk)
             self._consumer.write(chunk)
         if self._position >= self._window.end and not self.done.called:
-            # Everything wanted has arrived: whatever else upstream would
-            # send (a Range it ignored) is not needed.
             self._conclude()
-            if self.transport is not None:
+            if self.transport is not None and (self._upstream_end is None or self._upstream_end > self._position):
+                # Everything wanted has arrived: whatever else upstream
+                # would send (a Range it ignored) is not needed. (A body
+                # ending here is left to end: its connection is reused.)
                 self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:

@@ -20,8 +20,9 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, ensureDeferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jsdistributor.cache.hashing import content_hash
 from jsdistributor.testing.faulty_store import FaultyStore
 
 from .faultkit import Client, Outcome, assert_never_complete_and_wrong, prefer, sleep
@@ -266,6 +267,9 @@ class MetadataFaultTests(TestCase):
         again = await self.get("2")
         self.assertEqual((again.code, again.body), (200, self.objects["2"]), "recovers by itself")
         self.assertEqual((await self.status())["queryNodeStatus"]["status"], "ok")
+        self.resource.response_delay = 0.4  # slow, but within the 1 s timeout
+        slow = await self.get("3")
+        self.assertEqual((slow.code, slow.body), (200, self.objects["3"]), "a slow source is waited for")
 
     def test_recovers_when_the_source_answers_again(self) -> object:
         return ensureDeferred(self._recovery())
@@ -370,6 +374,32 @@ class DiskFaultTests(TestCase):
 
     def test_cached_file_missing_or_truncated_is_fetched_again(self) -> object:
         return ensureDeferred(self._vanished())
+
+    async def _joins_during_commit(self) -> None:
+        from twisted.internet.task import deferLater
+
+        assert self.h.node is not None
+        cache = self.h.node.cache
+
+        def slow_commit(work: Any) -> Any:
+            work()  # renamed into place at once, but the download is seen done only later
+            return deferLater(reactor, 0.5, lambda: None)
+
+        cache._run_blocking = slow_commit  # type: ignore[method-assign]
+        first = ensureDeferred(self.get("6"))
+        for _ in range(50):
+            await sleep(0.02)
+            pending = cache.pending_for("6")
+            if pending is not None and pending.written == len(OTHER):
+                break
+        self.assertIsNotNone(cache.pending_for("6"), "the download still looks pending")
+        joined = await self.get("6")
+        self.assertEqual((joined.code, joined.complete), (200, True), joined.error)
+        self.assertTrue(joined.body == OTHER, "a reader joining while the commit runs gets every byte")
+        self.assertTrue((await first).body == OTHER)
+
+    def test_a_reader_joining_while_the_commit_runs(self) -> object:
+        return ensureDeferred(self._joins_during_commit())
 
 
 class _DaemonCase(TestCase):
@@ -746,3 +776,157 @@ class TimeoutStormTests(TestCase):
 
     def test_every_storage_node_stalls_under_load(self) -> object:
         return ensureDeferred(self._storm())
+
+
+class ProxyStreamTests(SynchronousTestCase):
+    """``ProxyStream`` timers and window handling, on a Clock."""
+
+    def make(self, window: Any, offset: int = 0, expected_hash: str | None = None, length: int | None = None) -> Any:
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from jsdistributor.proxy import ProxyStream
+
+        self.clock = Clock()
+        self.consumer = StringTransport()
+        self.aborted: list[bool] = []
+        stream = ProxyStream(
+            self.consumer, window, offset, expected_hash, lambda: self.aborted.append(True),
+            reactor=self.clock, idle_timeout=5.0, send_timeout=60.0, upstream_length=length,
+        )
+        self.upstream = _UpstreamTransport()
+        stream.makeConnection(self.upstream)
+        return stream
+
+    def test_stops_reading_once_the_window_is_in(self) -> None:
+        from jsdistributor.ranges import ByteRange
+
+        data = os.urandom(10_000)
+        stream = self.make(ByteRange(100, 200, len(data)), offset=0, length=len(data))  # Range ignored: 200
+        stream.dataReceived(data[:4096])
+        self.assertEqual(self.consumer.value(), data[100:200])
+        self.successResultOf(stream.done)
+        self.assertTrue(self.upstream.stopped, "the rest of the object is not read")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_body_ending_at_the_window_is_left_to_end(self) -> None:
+        from jsdistributor.ranges import ByteRange
+
+        data = os.urandom(1000)
+        stream = self.make(ByteRange(100, 200, len(data)), offset=100, length=100)
+        stream.dataReceived(data[100:200])
+        self.successResultOf(stream.done)
+        self.assertFalse(self.upstream.stopped, "the connection can be reused")
+
+    def test_upstream_silence_cuts_the_client(self) -> None:
+        from jsdistributor.proxy import ProxyFailed
+        from jsdistributor.ranges import ByteRange
+
+        stream = self.make(ByteRange(0, 1000, 1000), expected_hash=content_hash(b"x" * 1000))
+        stream.dataReceived(b"x" * 500)
+        self.clock.advance(4.9)
+        stream.dataReceived(b"x" * 100)
+        self.clock.advance(4.9)
+        self.assertNoResult(stream.done)
+        self.clock.advance(0.2)
+        self.failureResultOf(stream.done, ProxyFailed)
+        self.assertEqual(self.aborted, [True])
+        self.assertTrue(self.upstream.stopped)
+
+    def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(self) -> None:
+        from jsdistributor.proxy import ProxyFailed
+        from jsdistributor.ranges import ByteRange
+
+        stream = self.make(ByteRange(0, 1000, 1000))
+        stream.dataReceived(b"x" * 100)
+        stream.pauseProducing()
+        self.assertTrue(self.upstream.paused)
+        self.clock.advance(30)  # upstream silence while paused is ours, not its fault
+        self.assertNoResult(stream.done)
+        stream.resumeProducing()
+        stream.pauseProducing()
+        self.clock.advance(59)
+        self.assertNoResult(stream.done)
+        self.clock.advance(2)
+        self.failureResultOf(stream.done, ProxyFailed)
+        self.assertTrue(self.upstream.stopped, "its upstream connection is given back")
+
+
+class _UpstreamTransport:
+    def __init__(self) -> None:
+        self.stopped = self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class StartOverTests(SynchronousTestCase):
+    """A source sending wrong bytes: the download starts over from byte 0 on
+    the next source (``reopen_temp``); readers given unverified bytes are cut."""
+
+    def test_hash_mismatch_starts_over_elsewhere(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+        from twisted.python.filepath import FilePath
+
+        from jsdistributor.cache.pending import PendingDownload, State
+        from jsdistributor.cache.readers import ReaderAborted, StreamReader
+        from jsdistributor.model import DataObject
+
+        from .test_pending import A, B, DATA, FileTemp, Upstream, slot
+
+        clock = Clock()
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        temps: list[FileTemp] = []
+
+        def new_temp() -> FileTemp:
+            sub = directory.child(str(len(temps)))
+            sub.makedirs()
+            temps.append(FileTemp(sub))
+            return temps[-1]
+
+        upstream = Upstream([A, B])
+        failed: list[str] = []
+        p = PendingDownload(
+            obj=DataObject("7", len(DATA), content_hash(DATA), True, (A, B)),
+            reactor=clock,
+            temp=None,
+            reopen_temp=new_temp,
+            find_sources=upstream.find_sources,
+            fetch=upstream.fetch,
+            acquire_slot=slot,
+            idle_timeout=5.0,
+            total_timeout=100.0,
+            on_source_failed=lambda endpoint: failed.append(endpoint.url),
+        )
+        result = p.start()
+        self.assertEqual(len(temps), 1, "the temporary is opened once the slot is ours")
+        bad = upstream.answer()
+        corrupt = bytes([DATA[0] ^ 0xFF]) + DATA[1:]
+        bad.send(corrupt[:100_000])
+        consumer = StringTransport()
+        aborted: list[bool] = []
+        path = temps[0].path.path
+        reader = StreamReader(clock, consumer, lambda: open(path, "rb"), 0, len(DATA), p, 30.0,
+                              abort=lambda: aborted.append(True))
+        reader.start()
+        bad.send(corrupt[100_000:])
+        bad.finish()
+        self.failureResultOf(reader.done, ReaderAborted)
+        self.assertEqual(aborted, [True], "a reader given unverified bytes is cut")
+        self.assertEqual(failed, [A.url])
+        self.assertTrue(temps[0].discarded)
+        self.assertEqual([(u, o) for u, o, _ in upstream.fetches], [(A.url, 0), (B.url, 0)], "from byte 0")
+        good = upstream.answer()
+        good.send(DATA)
+        good.finish()
+        self.assertTrue(self.successResultOf(result))
+        self.assertEqual(p.state, State.COMPLETED)
+        self.assertEqual(temps[1].final.getContent(), DATA)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, BinaryIO, Callable, Iterable, Mapping
+from functools import partial
+from typing import Any, BinaryIO, Callable, Mapping
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -207,7 +208,7 @@ class CacheManager:
         pending = PendingDownload(
             obj=obj,
             reactor=self.reactor,
-            temp=self.store.open_temp(obj.id),
+            temp=None,  # opened once a download slot is ours
             reopen_temp=lambda: self.store.open_temp(obj.id),
             find_sources=find_sources,
             run_blocking=self._run_blocking,
@@ -267,13 +268,14 @@ class CacheManager:
         """A reader of ``[start, end)`` of a cached object (``opened``: its
         file, already open), or of ``pending``."""
         release = self.hold(object_id)
+        open_file: Callable[[], BinaryIO]
         if pending is not None:
-            path = pending.temp.path.path
-            open_file: Callable[[], BinaryIO] = lambda: open(path, "rb")
+            assert pending.temp is not None, "readers follow a download once its first byte is in"
+            open_file = partial(self._open_pending, pending.temp.path.path, object_id)
         elif opened is not None:
-            open_file = lambda: opened
+            open_file = partial(_given, opened)
         else:
-            open_file = lambda: self.open_cached(object_id)
+            open_file = partial(self.open_cached, object_id)
         return StreamReader(
             self.reactor,
             consumer,
@@ -286,6 +288,15 @@ class CacheManager:
             abort=abort,
             send_timeout=self.send_timeout,
         )
+
+    def _open_pending(self, path: str, object_id: str) -> BinaryIO:
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            # The commit (in a thread) renamed it into place while the
+            # download still looks pending: the same bytes, under their
+            # final name.
+            return self.open_cached(object_id)
 
     # -- state -----------------------------------------------------------------
 
@@ -380,3 +391,7 @@ class CacheManager:
             log.info("cache state saved ({count} objects)", count=len(self.policy))
         except OSError as e:
             log.error("cannot save cache state: {error}", error=e)
+
+
+def _given(f: BinaryIO) -> BinaryIO:
+    return f

@@ -107,7 +107,10 @@ class PendingDownload:
 
     obj: DataObject
     reactor: Any
-    temp: ITempObject
+    #: Where the bytes go; None: ``reopen_temp()`` opens it once a download
+    #: slot is ours (a download queued for a slot holds no file: in a storm
+    #: of stalled storage nodes, hundreds queue).
+    temp: ITempObject | None
     #: ``(exclude) -> Deferred[list[StorageEndpoint]]`` ranked sources with the object.
     find_sources: Callable[[frozenset[str]], Deferred[list[StorageEndpoint]]]
     #: ``(endpoint, object_id, offset) -> Deferred[IResponse]``
@@ -223,11 +226,16 @@ class PendingDownload:
             self._current = self.acquire_slot()
             release = await self._current
             self._check_cancelled()
+            if self.temp is None:
+                if self.reopen_temp is None:
+                    raise DownloadFailed("no temporary file to write to")
+                self.temp = self.reopen_temp()  # may raise OSError: fails the download
             await self._download_from_sources()
             # The fsync and rename run off the reactor thread (other
             # connections keep moving) and a shutdown does not interrupt
             # them; the last byte goes out once the object is in place, so
             # a reader that got every byte finds the object cached.
+            assert self.temp is not None
             await self.run_blocking(self.temp.commit)
             self.verified = True
         except Exception as e:
@@ -338,6 +346,7 @@ class PendingDownload:
             raise _BadBytes(
                 f"too many bytes: expected {self.obj.size}, got at least {self.written + len(data)}"
             )
+        assert self.temp is not None
         self.temp.write(data)  # may raise OSError (ENOSPC, EIO): fails the download
         self._hasher.update(data)
         if len(self.head_bytes) < 8192:
@@ -386,7 +395,8 @@ class PendingDownload:
             reader.source_failed(reason)
         old, self.temp = self.temp, self.reopen_temp()  # may raise OSError: fails the download
         try:
-            old.discard()
+            if old is not None:
+                old.discard()
         except OSError as e:
             log.error("object {objectId}: cannot remove partial file: {error}", objectId=self.obj.id, error=e)
         self.written = 0
@@ -413,7 +423,8 @@ class PendingDownload:
         self._transition(State.FAILED)
         log.error("object {objectId}: download failed: {reason}", objectId=self.obj.id, reason=reason)
         try:
-            self.temp.discard()
+            if self.temp is not None:
+                self.temp.discard()
         except OSError as e:
             log.error("object {objectId}: cannot remove partial file: {error}", objectId=self.obj.id, error=e)
         for reader in list(self.readers):
