@@ -328,13 +328,9 @@ class _FailedObjects:
         return object_id in self._ids
 
 
-@implementer(IStorageClient)
-class CountingStorageClient:
-    """An ``IStorageClient`` counting the object downloads sent through it
-    (``get_object``) by endpoint; HEADs and probes pass through uncounted.
-
-    Paired with a :class:`CountingSources` sharing ``failed`` (which says
-    whether an attempt is a retry)."""
+class _Counting:
+    """Wraps ``inner`` (everything not overridden passes through) to count
+    upstream downloads for ``purpose`` into ``metrics``."""
 
     def __init__(self, inner: Any, metrics: NodeMetrics, purpose: str, failed: _FailedObjects) -> None:
         self.inner = inner
@@ -344,6 +340,15 @@ class CountingStorageClient:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+@implementer(IStorageClient)
+class CountingStorageClient(_Counting):
+    """An ``IStorageClient`` counting the object downloads sent through it
+    (``get_object``) by endpoint; HEADs and probes pass through uncounted.
+
+    Paired with a :class:`CountingSources` sharing ``failed`` (which says
+    whether an attempt is a retry)."""
 
     def head_object(self, endpoint: Any, object_id: str) -> Any:
         return self.inner.head_object(endpoint, object_id)
@@ -360,20 +365,11 @@ class CountingStorageClient:
         return self.inner.get_object(endpoint, object_id, offset, end)
 
 
-class CountingSources:
+class CountingSources(_Counting):
     """``StorageNodes`` as the cache and the asset server see it: a source
     forgotten after a failure (``forget_source``) counts a failed download,
     one remembered after a success ends the object's retry streak.
     Everything else goes to ``inner``."""
-
-    def __init__(self, inner: Any, metrics: NodeMetrics, purpose: str, failed: _FailedObjects) -> None:
-        self.inner = inner
-        self._metrics = metrics
-        self._purpose = purpose
-        self._failed = failed
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def forget_source(self, object_id: str, url: str) -> None:
         self._metrics.upstream_failed.labels(url, self._purpose).inc()
