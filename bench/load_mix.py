@@ -30,14 +30,12 @@ import argparse
 import hashlib
 import http.client
 import json
-import os
 import random
 import re
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any

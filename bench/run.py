@@ -45,10 +45,8 @@ import selectors
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error

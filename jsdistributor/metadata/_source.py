@@ -3,7 +3,7 @@ request coalescing, bucket selection and the error discipline."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Coroutine, Hashable, TypeVar
+from typing import Any, Callable, ClassVar, Coroutine, Hashable, Iterator, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -13,7 +13,20 @@ from twisted.python.failure import Failure
 from ..buckets import BucketSelection
 from ..errors import MetadataUnavailable
 from ..model import DataObject, DistributionBucket, MetadataStatus, ObjectSummary, StorageEndpoint, is_valid_object_id
-from ._shapes import EndpointFilter, ShapeError, list_field, load_document, str_field
+from ._shapes import (
+    EndpointFilter,
+    ShapeError,
+    bool_field,
+    list_field,
+    load_document,
+    obj_field,
+    object_id_field,
+    parse_distribution_bucket,
+    parse_storage_bucket,
+    size_field,
+    str_field,
+    unique,
+)
 from .caching import SharedLookups
 from .graphql import GraphQLClient
 
@@ -170,10 +183,40 @@ class GraphQLMetadataSource:
         data = await self._query(operation, {"id": object_id})
         return self._parse(operation, self._read_object, data)
 
+    def _read_object(self, data: dict[str, Any]) -> DataObject | None:
+        path = "data.storageDataObjectByUniqueInput"
+        obj = obj_field(data, "storageDataObjectByUniqueInput", "data", nullable=True)
+        if obj is None:
+            return None
+        bag = obj_field(obj, "storageBag", path)
+        bag_path = path + ".storageBag"
+        endpoints = []
+        for bucket, bucket_path in self._bag_links(bag, bag_path, "storageBuckets", "storageBucket"):
+            endpoint = parse_storage_bucket(bucket, bucket_path, self._endpoint_filter, True)
+            if endpoint is not None:
+                endpoints.append(endpoint)
+        distribution = [
+            parse_distribution_bucket(bucket, bucket_path)
+            for bucket, bucket_path in self._bag_links(bag, bag_path, "distributionBuckets", "distributionBucket")
+        ]
+        return DataObject(
+            id=object_id_field(obj, path),
+            size=size_field(obj, path),
+            ipfs_hash=str_field(obj, "ipfsHash", path),
+            is_accepted=bool_field(obj, "isAccepted", path),
+            storage_endpoints=unique(endpoints),
+            distribution_buckets=unique(distribution),
+            mime_type=self._mime_type(obj, path),
+        )
+
     # -- dialect specific ---------------------------------------------------
 
-    def _read_object(self, data: dict[str, Any]) -> DataObject | None:
+    def _bag_links(self, bag: dict[str, Any], bag_path: str, key: str, inner: str) -> Iterator[tuple[Any, str]]:
+        """``(bucket, its path)`` for each of a bag's ``key`` buckets."""
         raise NotImplementedError
+
+    def _mime_type(self, obj: dict[str, Any], path: str) -> str | None:
+        return None
 
     async def _fetch_bucket_objects(self, selection: BucketSelection) -> dict[str, ObjectSummary]:
         raise NotImplementedError

@@ -13,7 +13,7 @@ service reachable (no chain head, no version) when that succeeds.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -22,7 +22,7 @@ from zope.interface import implementer
 from ..buckets import BucketSelection
 from ..errors import MetadataUnavailable
 from ..interfaces import IMetadataSource
-from ..model import DataObject, MetadataStatus, ObjectSummary, StorageEndpoint
+from ..model import MetadataStatus, ObjectSummary, StorageEndpoint
 from ._shapes import (
     ShapeError,
     bool_field,
@@ -30,11 +30,9 @@ from ._shapes import (
     member,
     obj_field,
     object_id_field,
-    parse_distribution_bucket,
     parse_storage_bucket,
     size_field,
     str_field,
-    unique,
 )
 from ._source import DEFAULT_STATUS_TTL, GraphQLMetadataSource
 from .graphql import GraphQLClient
@@ -67,32 +65,10 @@ class HydraMetadataSource(GraphQLMetadataSource):
             raise ValueError("page_size must be at least 1")
         self.page_size = page_size
 
-    def _read_object(self, data: dict[str, Any]) -> DataObject | None:
-        path = "data.storageDataObjectByUniqueInput"
-        obj = obj_field(data, "storageDataObjectByUniqueInput", "data", nullable=True)
-        if obj is None:
-            return None
-        bag = obj_field(obj, "storageBag", path)
-        bag_path = path + ".storageBag"
-        endpoints = []
-        for i, bucket in enumerate(list_field(bag, "storageBuckets", bag_path, nullable=True)):
-            endpoint = parse_storage_bucket(
-                bucket, "%s.storageBuckets[%d]" % (bag_path, i), self._endpoint_filter, True
-            )
-            if endpoint is not None:
-                endpoints.append(endpoint)
-        distribution = [
-            parse_distribution_bucket(bucket, "%s.distributionBuckets[%d]" % (bag_path, i))
-            for i, bucket in enumerate(list_field(bag, "distributionBuckets", bag_path, nullable=True))
-        ]
-        return DataObject(
-            id=object_id_field(obj, path),
-            size=size_field(obj, path),
-            ipfs_hash=str_field(obj, "ipfsHash", path),
-            is_accepted=bool_field(obj, "isAccepted", path),
-            storage_endpoints=unique(endpoints),
-            distribution_buckets=unique(distribution),
-        )
+    def _bag_links(self, bag: dict[str, Any], bag_path: str, key: str, inner: str) -> Iterator[tuple[Any, str]]:
+        """Hydra lists a bag's buckets directly (``storageBuckets: [StorageBucket]``)."""
+        for i, bucket in enumerate(list_field(bag, key, bag_path, nullable=True)):
+            yield bucket, "%s.%s[%d]" % (bag_path, key, i)
 
     async def _fetch_bucket_objects(self, selection: BucketSelection) -> dict[str, ObjectSummary]:
         buckets = await self._selected_buckets(selection)

@@ -7,27 +7,24 @@ of ``batch_size`` bag ids, one request at a time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ..buckets import BucketSelection
 from ..interfaces import IMetadataSource
-from ..model import DataObject, MetadataStatus, ObjectSummary, StorageEndpoint
+from ..model import MetadataStatus, ObjectSummary, StorageEndpoint
 from ._shapes import (
     batched,
-    bool_field,
     int_field,
     list_field,
     obj_field,
     object_id_field,
     optional_str_field,
-    parse_distribution_bucket,
     parse_storage_bucket,
     size_field,
     str_field,
-    unique,
 )
 from ._source import DEFAULT_STATUS_TTL, GraphQLMetadataSource
 from .graphql import GraphQLClient
@@ -62,34 +59,15 @@ class SquidMetadataSource(GraphQLMetadataSource):
         super().__init__(client, clock, cache_ttl, status_ttl)
         self.batch_size = batch_size
 
-    def _read_object(self, data: dict[str, Any]) -> DataObject | None:
-        path = "data.storageDataObjectByUniqueInput"
-        obj = obj_field(data, "storageDataObjectByUniqueInput", "data", nullable=True)
-        if obj is None:
-            return None
-        bag = obj_field(obj, "storageBag", path)
-        bag_path = path + ".storageBag"
-        endpoints = []
-        for i, link in enumerate(list_field(bag, "storageBuckets", bag_path)):
-            link_path = "%s.storageBuckets[%d]" % (bag_path, i)
-            bucket = obj_field(link, "storageBucket", link_path)
-            endpoint = parse_storage_bucket(bucket, link_path + ".storageBucket", self._endpoint_filter, True)
-            if endpoint is not None:
-                endpoints.append(endpoint)
-        distribution = []
-        for i, link in enumerate(list_field(bag, "distributionBuckets", bag_path)):
-            link_path = "%s.distributionBuckets[%d]" % (bag_path, i)
-            bucket = obj_field(link, "distributionBucket", link_path)
-            distribution.append(parse_distribution_bucket(bucket, link_path + ".distributionBucket"))
-        return DataObject(
-            id=object_id_field(obj, path),
-            size=size_field(obj, path),
-            ipfs_hash=str_field(obj, "ipfsHash", path),
-            is_accepted=bool_field(obj, "isAccepted", path),
-            storage_endpoints=unique(endpoints),
-            distribution_buckets=unique(distribution),
-            mime_type=_mime_type(obj, path),
-        )
+    def _bag_links(self, bag: dict[str, Any], bag_path: str, key: str, inner: str) -> Iterator[tuple[Any, str]]:
+        """The squid links a bag to its buckets through an entity
+        (``storageBuckets: [StorageBucketBag { storageBucket }]``)."""
+        for i, link in enumerate(list_field(bag, key, bag_path)):
+            link_path = "%s.%s[%d]" % (bag_path, key, i)
+            yield obj_field(link, inner, link_path), link_path + "." + inner
+
+    def _mime_type(self, obj: dict[str, Any], path: str) -> str | None:
+        return _mime_type(obj, path)
 
     async def _fetch_bucket_objects(self, selection: BucketSelection) -> dict[str, ObjectSummary]:
         buckets = await self._selected_buckets(selection)
