@@ -17,7 +17,7 @@ Phases (each with its reference in the same run):
 3. miss time to first byte of a never-requested 100 MiB object (fresh ids:
    the catalog holds many copies under different ids) vs the same request
    sent straight to the simulator: added latency p50/p99;
-4. 100 concurrent readers of one uncached 200 MiB object, full speed:
+4. 100 concurrent readers of one uncached 1 GiB object (200 MiB with --quick), full speed:
    upstream GETs (the simulator's ``/api/v1/_stats``), per-reader throughput;
 5. fan-out latency: 100 readers of an uncached object streamed by the
    throttled simulator. For every MiB boundary ``k`` of the object, lag =
@@ -355,7 +355,7 @@ class Sizes:
 def sizes_for(quick: bool) -> Sizes:
     if quick:
         return Sizes(100 * KiB, 256 * MiB, 100 * MiB, 20, 200 * MiB, 100, 24 * MiB, 3 * MiB, 5.0)
-    return Sizes(100 * KiB, 1 * GiB, 100 * MiB, 40, 200 * MiB, 100, 48 * MiB, 3 * MiB, 10.0)
+    return Sizes(100 * KiB, 1 * GiB, 100 * MiB, 40, 1 * GiB, 100, 48 * MiB, 3 * MiB, 10.0)
 
 
 def write_random(path: Path, size: int, seed: int) -> None:
