@@ -49,8 +49,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +58,8 @@ from attrs import define, field, frozen
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from jsdistributor.testing.http import http_get  # noqa: E402  (after the path)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -213,17 +213,6 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return {k: v for k, v in env.items() if not k.startswith("JOYSTREAM_DISTRIBUTOR__")}
-
-
-def http_get(url: str, method: str = "GET", timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, method=method)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 def _die_with_parent() -> None:  # runs in the child

@@ -19,9 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+import wave
 import urllib.error
 import urllib.request
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from jsdistributor.demo.samples import (
     wav_bytes,
 )
 from jsdistributor.metadata.catalog import parse_catalog
+from jsdistributor.testing.http import http_get
 from jsdistributor.testing.network import free_port
 
 from .chromium import Chromium, find_chromium
@@ -140,17 +141,6 @@ class SampleSetTests(SynchronousTestCase):
 # -- the demo as a process tree ------------------------------------------------------
 
 
-def _get(url: str, method: str = "GET", timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, method=method)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
-
-
 def _refused(port: int) -> bool:
     import socket
 
@@ -234,21 +224,21 @@ class DemoProcessTests(TestCase):
         self.assertIn(f"{demo.public}/demo?ids=", text)
         self.assertIn("curl -X POST", text)
 
-        status, headers, body = _get(f"{demo.public}/api/v1/status")
+        status, headers, body = http_get(f"{demo.public}/api/v1/status")
         self.assertEqual(status, 200)
         self.assertEqual(json.loads(body)["id"], "demo-node")
 
         for object_id in ("10", VIDEO_ID, JPEG_ID):
             expected = (demo.directory / "objects" / object_id).read_bytes()
-            status, headers, body = _get(f"{demo.public}/api/v1/assets/{object_id}")
+            status, headers, body = http_get(f"{demo.public}/api/v1/assets/{object_id}")
             self.assertEqual(status, 200, object_id)
             self.assertEqual(headers["x-cache"], "miss", object_id)
             self.assertEqual(len(body), len(expected), object_id)
             self.assertTrue(body == expected, f"asset {object_id} differs from the generated file")
-        status, headers, _ = _get(f"{demo.public}/api/v1/assets/{VIDEO_ID}", method="HEAD")
+        status, headers, _ = http_get(f"{demo.public}/api/v1/assets/{VIDEO_ID}", method="HEAD")
         self.assertEqual(headers["content-type"], "video/webm")
 
-        status, headers, body = _get(f"{demo.public}/demo")
+        status, headers, body = http_get(f"{demo.public}/demo")
         self.assertEqual(status, 200)
         self.assertEqual(headers["content-type"], "text/html; charset=utf-8")
         self.assertIn(b"<video", body)

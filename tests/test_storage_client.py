@@ -8,10 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
-from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
+from twisted.internet.defer import CancelledError, DeferredList, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseDone
 from twisted.web.iweb import IResponse
@@ -22,25 +19,9 @@ from jsdistributor.model import StorageEndpoint
 from jsdistributor.storage.client import StorageClient, StorageResponse, make_pool, parse_content_range
 from jsdistributor.testing.storage_sim import RunningSim, start_storage_sim
 
+from .bodies import Collect, sleep
+
 DATA = bytes((i * 13) % 256 for i in range(100_000))
-
-
-def _sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-class Collect(Protocol):
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.reason: Failure | None = None
-        self.done: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.reason = reason
-        self.done.callback(None)
 
 
 async def read_all(response: StorageResponse) -> tuple[bytes, Collect]:
@@ -210,7 +191,7 @@ class GetTests(ClientTestCase):
         for _ in range(50):
             if node.sim.in_flight == 0:
                 break
-            await _sleep(0.01)
+            await sleep(0.01)
         self.assertEqual(node.sim.in_flight, 0, "abandon must close the connection")
         self.assertRaises(RuntimeError, response.deliverBody, Collect())
 
@@ -220,7 +201,7 @@ class GetTests(ClientTestCase):
         response = await self.client.get_object(node.endpoint(), "1")
         body = Collect()
         response.deliverBody(body)
-        await _sleep(0.05)
+        await sleep(0.05)
         self.assertFalse(response.released)
         body.transport.stopProducing()
         await body.done
@@ -266,7 +247,7 @@ class TimeoutTests(ClientTestCase):
         node = await self.start_sim(objects={"1": DATA})
         node.sim.configure(latency=1.0)
         d = self.client.get_object(node.endpoint(), "1")
-        await _sleep(0.05)
+        await sleep(0.05)
         self.assertEqual(node.sim.in_flight, 1)
         d.cancel()
         with self.assertRaises(CancelledError):
@@ -275,7 +256,7 @@ class TimeoutTests(ClientTestCase):
         for _ in range(50):
             if node.sim.in_flight == 0:
                 break
-            await _sleep(0.01)
+            await sleep(0.01)
         self.assertEqual(node.sim.in_flight, 0, "cancel must close the connection")
 
 
@@ -313,7 +294,7 @@ class ConcurrencyTests(ClientTestCase):
         first = await self.client.get_object(node.endpoint(), "1")
         second = await self.client.get_object(node.endpoint(), "1")
         third = self.client.get_object(node.endpoint(), "1")
-        await _sleep(0.1)
+        await sleep(0.1)
         self.assertFalse(third.called, "a third GET must wait for a slot")
         self.assertEqual(self.client.queued_requests, 1)
         self.assertEqual(node.sim.counts["GET"], 2)

@@ -21,10 +21,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from treq.testing import StubTreq
@@ -42,32 +42,10 @@ from jsdistributor.testing.storage_sim import (
     start_storage_sim,
 )
 
+from .bodies import Collect, sleep
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40  # 10248 bytes, sniffed as image/png
 DATA = bytes((i * 7) % 251 for i in range(50_000))
-
-
-def _sleep(seconds: float) -> Deferred[None]:
-    return deferLater(reactor, seconds, lambda: None)
-
-
-class Collect(Protocol):
-    """Collects a body; ``done`` fires (never fails) when it ends."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.reason: Failure | None = None
-        self.done: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.reason = reason
-        self.done.callback(None)
-
-    @property
-    def clean(self) -> bool:
-        return self.reason is not None and self.reason.check(ResponseDone) is not None
 
 
 class SimTestCase(TestCase):
@@ -314,7 +292,7 @@ class KnobTests(SimTestCase):
         node = await self.start_sim(objects={"1": DATA})
         node.sim.configure_object("1", stall_after=2000)
         response, body = await self.request(node.url + "/files/1")
-        await _sleep(0.3)
+        await sleep(0.3)
         self.assertEqual(len(body.data), 2000)
         self.assertFalse(body.done.called, "a stalled body must keep its connection open")
         self.assertEqual(node.sim.in_flight, 1)
