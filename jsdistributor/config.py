@@ -96,6 +96,9 @@ class Intervals:
 class PublicApi:
     port: int
     interface: str = "0.0.0.0"
+    #: jsdistributor only: extra processes serving cached objects on the
+    #: public port (``SO_REUSEPORT``); 0: the node is one process.
+    workers: int = 0
 
 
 @frozen
@@ -276,7 +279,11 @@ def masked_config_dict(config: NodeConfig) -> dict[str, Any]:
         "checkStorageNodeResponseTimes": config.intervals.check_storage_node_response_times,
         "cacheCleanup": config.intervals.cache_cleanup,
     }
-    out["publicApi"] = {"port": config.public_api.port, "interface": config.public_api.interface}
+    out["publicApi"] = {
+        "port": config.public_api.port,
+        "interface": config.public_api.interface,
+        "workers": config.public_api.workers,
+    }
     if config.operator_api is not None:
         out["operatorApi"] = {
             "port": config.operator_api.port,
@@ -752,7 +759,7 @@ def _build(doc: dict[str, Any], base: Path, warnings: list[str]) -> NodeConfig:
     intervals = Intervals(
         **_fields(doc.get("intervals", {}), ("saveCacheState", "checkStorageNodeResponseTimes", "cacheCleanup"))
     )
-    public_api = PublicApi(**_fields(doc["publicApi"], ("port", "interface")))
+    public_api = PublicApi(**_fields(doc["publicApi"], ("port", "interface", "workers")))
     operator_api = None
     if "operatorApi" in doc:
         operator_api = OperatorApi(**_fields(doc["operatorApi"], ("port", "hmacSecret", "interface")))

@@ -267,6 +267,7 @@ class AccessLoggingSite(Site):
         metrics: Any = None,
         head_timeout: float | None = HEAD_TIMEOUT,
         max_body: int = MAX_BODY,
+        trust_forwarded: bool = False,
     ) -> None:
         # The clock also drives the channels' idle timeouts.
         super().__init__(resource, timeout=timeout, reactor=clock)
@@ -278,6 +279,9 @@ class AccessLoggingSite(Site):
         self.head_timeout = head_timeout
         #: Request bodies above this many bytes are refused (413).
         self.max_body = max_body
+        #: The access log names the client from ``x-forwarded-for`` (the
+        #: loopback listener where hit workers relay their viewers' requests).
+        self.trust_forwarded = trust_forwarded
         #: Open connections.
         self.channels: set[_Channel] = set()
         #: True once ``drain`` was called: no connection is kept alive.
@@ -320,13 +324,18 @@ class AccessLoggingSite(Site):
                 d.callback(None)
 
     def log(self, request: Any, aborted: bool = False) -> None:
-        if getattr(request, "_access_logged", False):
+        if getattr(request, "_access_logged", False) or getattr(request, "relayed", False):
+            # Relayed by a hit worker: the node logs (and counts) it.
             return
         request._access_logged = True
         duration = 0.0
         if isinstance(request, TimedRequest):
             duration = (self.clock.seconds() - request.started_at) * 1000.0
-        client = request.getClientAddress()
+        client_host = getattr(request.getClientAddress(), "host", "-")
+        if self.trust_forwarded:
+            forwarded = request.getHeader(b"x-forwarded-for")
+            if forwarded:
+                client_host = forwarded.decode("ascii", "replace")
         sent = getattr(request, "bytes_sent", 0)
         x_cache = request.responseHeaders.getRawHeaders(b"x-cache")
         cache = x_cache[0].decode("ascii", "replace") if x_cache else None
@@ -339,7 +348,7 @@ class AccessLoggingSite(Site):
         access_log.info(
             "{api} {client} {method} {path} {status} {bytes}B {duration:.1f}ms {cache}{abortedText}",
             api=self.api_name,
-            client=getattr(client, "host", "-"),
+            client=client_host,
             method=(getattr(request, "method", None) or b"-").decode("ascii", "replace"),
             path=loggable_path(getattr(request, "uri", None) or b""),
             status=status,

@@ -121,6 +121,15 @@ def level_of(name: str | None) -> LogLevel:
 _CHATTER = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
 
 
+def most_verbose_level(logs: Any) -> str:
+    """The most verbose level any of ``logs`` (a config's ``Logs``) outputs
+    takes: what a hit worker must pass on to the node."""
+    levels = [level for level in (logs.console_level, logs.file.level if logs.file is not None else None) if level]
+    if not levels:
+        return "error"
+    return max(levels, key=lambda level: RANKS.get(level.lower(), RANKS["info"])).lower()
+
+
 def winston_level(event: Mapping[str, Any]) -> str:
     """The winston level name of a Twisted log event."""
     level = event.get("log_level", LogLevel.info)

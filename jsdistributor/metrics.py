@@ -142,6 +142,18 @@ class NodeMetrics:
             ["method"],
             registry=r,
         )
+        self.worker_requests = Counter(
+            "jsdistributor_worker_requests",
+            "Requests a hit worker process answered itself (publicApi.workers; requests it relayed to "
+            "the node are counted by the node), by worker.",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "jsdistributor_worker_restarts",
+            "Hit worker processes that ended unexpectedly and were started again.",
+            registry=r,
+        )
         for result in ("hit", "miss"):  # so that the hit ratio has both terms from the start
             self.cache_requests.labels(result)
             self.cache_bytes.labels(result)
@@ -156,11 +168,16 @@ class NodeMetrics:
     def observe_request(self, api: str, path: bytes | str, status: int, sent: int, x_cache: str | None) -> None:
         """One answered (or aborted) request: ``sent`` body bytes; ``x_cache``
         its x-cache header (None when it has none)."""
-        self.requests.labels(api, route_of(api, path), str(status)).inc()
+        self.add_requests(api, route_of(api, path), status, x_cache, 1, sent)
+
+    def add_requests(self, api: str, route: str, status: int, x_cache: str | None, count: int, sent: int) -> None:
+        """``count`` requests of one kind that sent ``sent`` body bytes in
+        all (a hit worker reports its requests this way)."""
+        self.requests.labels(api, route, str(status)).inc(count)
         if x_cache in ("hit", "pending", "miss"):
             self.served_bytes.labels(x_cache).inc(sent)
             result = "hit" if x_cache == HIT else "miss"
-            self.cache_requests.labels(result).inc()
+            self.cache_requests.labels(result).inc(count)
             self.cache_bytes.labels(result).inc(sent)
 
     # -- exposition ----------------------------------------------------------

@@ -3,6 +3,7 @@ cache and the periodic tasks."""
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -34,8 +35,10 @@ class ListeningService(Service):
     """Listens on a TCP port while running; can stop/start listening on demand
     (the operator API's stop-api / start-api)."""
 
-    def __init__(self, reactor: Any, site: Any, port: int, interface: str, name: str) -> None:
+    def __init__(self, reactor: Any, site: Any, port: int, interface: str, name: str, reuse_port: bool = False) -> None:
         self._reactor = reactor
+        #: Share the port with the hit workers (``SO_REUSEPORT``).
+        self.reuse_port = reuse_port
         self.site = site
         self.port = port
         self.interface = interface
@@ -48,9 +51,16 @@ class ListeningService(Service):
 
     def listen(self) -> None:
         if self.listening_port is None:
-            self.listening_port = self._reactor.listenTCP(
-                self.port, self.site, backlog=LISTEN_BACKLOG, interface=self.interface
-            )
+            if self.reuse_port:
+                from .workers.reuseport import listen_reuseport, port_is_taken
+
+                if port_is_taken(self.interface, self.port):
+                    raise CannotListenError(self.interface, self.port, OSError(errno.EADDRINUSE, "Address already in use"))
+                self.listening_port = listen_reuseport(self._reactor, self.port, self.site, LISTEN_BACKLOG, self.interface)
+            else:
+                self.listening_port = self._reactor.listenTCP(
+                    self.port, self.site, backlog=LISTEN_BACKLOG, interface=self.interface
+                )
             log.info(
                 "{name} listening on http://{interface}:{port}",
                 name=self.name,
@@ -113,6 +123,10 @@ class DistributorNode(MultiService):
             "public API",
         )
         self.public_service.setServiceParent(self)
+        self.internal_service: ListeningService | None = None
+        self.worker_pool: Any = None
+        if config.public_api.workers > 0:
+            self._add_workers(config.public_api.workers)
         self.operator_service: ListeningService | None = None
         if config.operator_api is not None:
             self.operator_api = OperatorApi(self, config.operator_api.hmac_secret)
@@ -135,9 +149,48 @@ class DistributorNode(MultiService):
             )
             self.metrics_service.setServiceParent(self)
 
+    def _add_workers(self, count: int) -> None:
+        """``publicApi.workers``: the public port is shared with ``count``
+        hit workers, which relay what they cannot serve to a listener of
+        ours on the loopback interface (see jsdistributor.workers)."""
+        from .logs import most_verbose_level
+        from .workers.pool import WorkerPool
+        from .workers.process import WorkerSettings
+
+        self.public_service.reuse_port = True
+        internal = self.internal_service = ListeningService(
+            self.reactor,
+            AccessLoggingSite(self.public_api.resource(), self.reactor, "public", metrics=self.metrics, trust_forwarded=True),
+            0,
+            "127.0.0.1",
+            "public API for the hit workers",
+        )
+        internal.setServiceParent(self)
+        config = self.config
+
+        def settings(index: int) -> WorkerSettings:
+            return WorkerSettings(
+                index=index,
+                interface=config.public_api.interface,
+                assets_dir=str(config.directories.assets),
+                primary_port=internal.listening_port.getHost().port,
+                log_level=most_verbose_level(config.logs),
+                reader_idle_timeout=self.cache.reader_idle_timeout,
+                send_timeout=self.cache.send_timeout,
+            )
+
+        def public_port() -> int | None:
+            port = self.public_service.listening_port
+            return None if port is None else int(port.getHost().port)
+
+        self.worker_pool = WorkerPool(self.reactor, count, settings, self.cache, self.metrics, public_port)
+        self.worker_pool.setServiceParent(self)
+
     def listening_services(self) -> list[ListeningService]:
-        """The HTTP listeners: public API, operator API, metrics."""
-        return [s for s in (self.public_service, self.operator_service, self.metrics_service) if s is not None]
+        """The HTTP listeners: public API, operator API, metrics (and the
+        loopback listener of the hit workers)."""
+        services = (self.public_service, self.internal_service, self.operator_service, self.metrics_service)
+        return [s for s in services if s is not None]
 
     def setServiceParent(self, parent: Any) -> None:
         """Under twistd, ``parent`` is the Application: give it our console
@@ -158,13 +211,18 @@ class DistributorNode(MultiService):
         return self.public_service.listening
 
     def stop_public_api(self) -> Deferred[None]:
-        return self.public_service.stop_listening()
+        stopped = self.public_service.stop_listening()
+        if self.worker_pool is None:
+            return stopped
+        return DeferredList([stopped, self.worker_pool.stop_listening()], consumeErrors=True).addCallback(lambda _: None)
 
     def start_public_api(self) -> Deferred[None]:
         try:
             self.public_service.listen()
         except CannotListenError as e:
             raise ApiError(500, "cannot_listen", f"public API cannot listen: {e.socketError}") from None
+        if self.worker_pool is not None:
+            return self.worker_pool.listen(self.public_service.listening_port.getHost().port)
         return succeed(None)
 
     def request_shutdown(self) -> None:
@@ -224,13 +282,20 @@ class DistributorNode(MultiService):
         # Restart=on-failure) expect.
         if getattr(self.reactor, "_exitSignal", None) is not None:
             self.reactor._exitSignal = None
-        stops = [service.stop_listening() for service in self.listening_services()]
+        # The hit workers' loopback listener stays open while they finish.
+        stops = [s.stop_listening() for s in self.listening_services() if s is not self.internal_service]
+        if self.worker_pool is not None:
+            stops.append(self.worker_pool.stop_listening())
         await DeferredList(stops, consumeErrors=True)
         # Downloads are abandoned at once (their readers cut, no new ones
         # start); responses in flight get STOP_GRACE_SECONDS to finish.
         await self.cache.begin_shutdown()
         drains = [s.site.drain(STOP_GRACE_SECONDS) for s in self.listening_services() if hasattr(s.site, "drain")]
+        if self.worker_pool is not None:
+            drains.append(self.worker_pool.drain(STOP_GRACE_SECONDS))
         await DeferredList(drains, consumeErrors=True)
+        if self.internal_service is not None:
+            await self.internal_service.stop_listening()
         await self.cache.stop(self.reactor, STOP_GRACE_SECONDS)
         await MultiService.stopService(self)
         log.info("stopped")

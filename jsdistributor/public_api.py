@@ -46,27 +46,33 @@ class PublicRoot(Resource):
     isLeaf = True
 
     def __init__(self, klein_resource: Any, assets: Any) -> None:
+        """``klein_resource``: renders every request that is not a hit (in a
+        hit worker, the relay to the node)."""
         super().__init__()
         self._klein = klein_resource
         self._assets = assets
 
     def render(self, request: Any) -> Any:
-        if request.method in (b"GET", b"HEAD"):
-            segments = request.postpath
-            if (
-                len(segments) == 4
-                and segments[0] == b"api"
-                and segments[1] == b"v1"
-                and segments[2] in (b"assets", b"asset")
-            ):
-                raw = segments[3]
-                # bytes.isdigit() is ASCII-only: the same rule as is_valid_object_id.
-                if 0 < len(raw) <= 20 and raw.isdigit():
-                    add_cors(request)
-                    result = self._assets.render_hit(request, raw.decode("ascii"))
-                    if result is not None:
-                        return result
+        object_id = asset_id_of(request)
+        if object_id is not None:
+            add_cors(request)
+            result = self._assets.render_hit(request, object_id)
+            if result is not None:
+                return result
         return self._klein.render(request)
+
+
+def asset_id_of(request: Any) -> str | None:
+    """The object id of a GET/HEAD of ``/api/v1/assets/{id}`` (or
+    ``/asset/``) with a valid id; None for any other request."""
+    if request.method in (b"GET", b"HEAD"):
+        segments = request.postpath
+        if len(segments) == 4 and segments[0] == b"api" and segments[1] == b"v1" and segments[2] in (b"assets", b"asset"):
+            raw = segments[3]
+            # bytes.isdigit() is ASCII-only: the same rule as is_valid_object_id.
+            if 0 < len(raw) <= 20 and raw.isdigit():
+                return str(raw.decode("ascii"))
+    return None
 
 
 class PublicApi:

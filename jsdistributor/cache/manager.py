@@ -67,6 +67,9 @@ class CacheManager:
         self.reserved = 0
         self.in_use: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
+        #: Called with the id of every object that leaves the cache (evicted,
+        #: removed, forgotten): the hit workers must stop serving it.
+        self.on_forget: list[Callable[[str], None]] = []
 
     # -- figures for /status ---------------------------------------------
 
@@ -142,6 +145,11 @@ class CacheManager:
         """Drop the cache entry (the file, if any, is left to the caller)."""
         if object_id in self.policy:
             self.policy.remove(object_id)
+            self._forgotten(object_id)
+
+    def _forgotten(self, object_id: str) -> None:
+        for listener in self.on_forget:
+            listener(object_id)
 
     def hold(self, object_id: str) -> Callable[[], None]:
         """Mark an object in use (not evictable) until the returned call."""
@@ -170,6 +178,7 @@ class CacheManager:
             victim = self.policy.pop_victim(now, lambda i: self.in_use.get(i, 0) > 0)
             if victim is None:
                 return False
+            self._forgotten(victim)
             self._delete_file(victim)
             log.info("evicted object {objectId}", objectId=victim)
             self.counts["evicted"] += 1
@@ -185,6 +194,7 @@ class CacheManager:
     def remove(self, object_id: str) -> None:
         if object_id in self.policy and not self.in_use.get(object_id):
             self.policy.remove(object_id)
+            self._forgotten(object_id)
             self._delete_file(object_id)
 
     # -- downloads -------------------------------------------------------
