@@ -273,13 +273,35 @@ class Processes:
         self.children.clear()
 
 
+def _proc_status(pid: int, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/status`` in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * KiB
+    except OSError:
+        return None
+    return None
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
 class RssSampler:
     """Samples a process's VmRSS every ``interval`` seconds in a thread;
     ``phase(name)`` records the peak during a block."""
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+    def __init__(self, pid: int, interval: float = 0.02, with_children: bool = False) -> None:
         self.pid = pid
         self.interval = interval
+        #: Sum the RSS of the process and its children (a node's hit workers).
+        self.with_children = with_children
         self.peaks: dict[str, int] = {}
         self._current: str | None = None
         self._stop = threading.Event()
@@ -287,14 +309,11 @@ class RssSampler:
         self._thread.start()
 
     def _read(self, key: str) -> int | None:
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith(key + ":"):
-                        return int(line.split()[1]) * KiB
-        except OSError:
-            return None
-        return None
+        if not self.with_children:
+            return _proc_status(self.pid, key)
+        values = [_proc_status(pid, key) for pid in [self.pid, *children_of(self.pid)]]
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -411,11 +430,11 @@ def write_catalog_file(path: Path, entries: dict[str, dict[str, Any]], fast_url:
     write_catalog(path, builder.build())
 
 
-def node_config(work: Path, public_port: int, operator_port: int) -> dict[str, Any]:
+def node_config(work: Path, public_port: int, operator_port: int, node_dir: str = "node", workers: int = 0) -> dict[str, Any]:
     return {
         "id": "bench-node",
         "endpoints": {"catalog": str(work / "catalog.yml")},
-        "directories": {"assets": str(work / "node" / "assets"), "cacheState": str(work / "node" / "state")},
+        "directories": {"assets": str(work / node_dir / "assets"), "cacheState": str(work / node_dir / "state")},
         "logs": {"console": {"level": "info"}},
         "limits": {
             "storage": "20G",
@@ -426,7 +445,7 @@ def node_config(work: Path, public_port: int, operator_port: int) -> dict[str, A
             "maxCachedItemSize": "20G",
         },
         "intervals": {"saveCacheState": 600, "checkStorageNodeResponseTimes": 600, "cacheCleanup": 86400},
-        "publicApi": {"port": public_port, "interface": HOST},
+        "publicApi": {"port": public_port, "interface": HOST, "workers": workers},
         "operatorApi": {"port": operator_port, "interface": HOST, "hmacSecret": "bench-secret-of-32-characters!!!"},
         "workerId": 0,
     }
@@ -434,13 +453,13 @@ def node_config(work: Path, public_port: int, operator_port: int) -> dict[str, A
 
 NGINX_CONF = """\
 daemon off;
-master_process off;
-worker_processes 1;
-pid {work}/nginx.pid;
+master_process {master};
+worker_processes {processes};
+pid {work}/nginx{port}.pid;
 error_log {work}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {work}/nginx-access.log;
+    access_log {work}/nginx-access{port}.log;
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000000;
@@ -474,6 +493,9 @@ class Network:
     public_port: int = 0
     nginx_port: int = 0
     node: subprocess.Popen[bytes] | None = None
+    #: The node with hit workers (started by ``phase_workers``).
+    worker_node: subprocess.Popen[bytes] | None = None
+    worker_port: int = 0
 
     @property
     def node_url(self) -> str:
@@ -506,34 +528,52 @@ class Network:
         write_catalog_file(
             self.work / "catalog.yml", entries, self.sim_url(self.fast_port) + "/", self.sim_url(self.slow_port) + "/"
         )
-        self.public_port = free_port()
-        config = self.work / "node.json"
-        config.write_text(json.dumps(node_config(self.work, self.public_port, free_port()), indent=2))
-        self.node = self.processes.start(
-            "node",
-            [*twistd_command(), "--pidfile=", f"--logfile={logs / 'node.log'}", "-n", "jsdistributor",
+        self.node, self.public_port = self.start_node("node", "node", 0)
+        self.nginx_port = self.start_nginx(1)
+
+    def start_node(self, name: str, node_dir: str, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+        """A node under twistd (with ``workers`` hit workers); its process and public port."""
+        logs = self.work / "logs"
+        shutil.rmtree(self.work / node_dir, ignore_errors=True)
+        port = free_port()
+        config = self.work / f"{name}.json"
+        config.write_text(json.dumps(node_config(self.work, port, free_port(), node_dir, workers), indent=2))
+        process = self.processes.start(
+            name,
+            [*twistd_command(), "--pidfile=", f"--logfile={logs / (name + '.log')}", "-n", "jsdistributor",
              "--config", str(config)],
-            logs / "node-stdout.log",
+            logs / f"{name}-stdout.log",
             cwd=self.work,
         )  # fmt: skip
-        wait_http(self.node_url + "/api/v1/status", self.node, "the node")
+        wait_http(f"http://{HOST}:{port}/api/v1/status", process, f"the {name}")
+        return process, port
 
-        self.nginx_port = free_port()
+    def start_nginx(self, processes: int, node_dir: str = "node") -> int:
+        """nginx serving ``node_dir``'s cache files with ``processes`` worker
+        processes (1: no master process); its port."""
+        logs = self.work / "logs"
+        port = free_port()
         (self.work / "nginx-tmp").mkdir(exist_ok=True)
-        conf = self.work / "nginx.conf"
+        conf = self.work / f"nginx{port}.conf"
         conf.write_text(
-            NGINX_CONF.format(work=self.work, host=HOST, port=self.nginx_port, assets=self.work / "node" / "assets")
-        )
+            NGINX_CONF.format(
+                work=self.work, host=HOST, port=port, assets=self.work / node_dir / "assets",
+                master="on" if processes > 1 else "off", processes=processes,
+            )
+        )  # fmt: skip
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        log = logs / f"nginx{port}.log"
         process = self.processes.start(
-            "nginx", [nginx, "-p", str(self.work), "-c", str(conf), "-e", str(self.work / "nginx-error.log")],
-            logs / "nginx.log",
+            f"nginx ({processes} processes)",
+            [nginx, "-p", str(self.work), "-c", str(conf), "-e", str(self.work / "nginx-error.log")],
+            log,
         )  # fmt: skip
         deadline = time.monotonic() + 20
-        while not _port_open(self.nginx_port):
+        while not _port_open(port):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("nginx did not start: " + (logs / "nginx.log").read_text(errors="replace"))
+                raise RuntimeError("nginx did not start: " + log.read_text(errors="replace"))
             time.sleep(0.05)
+        return port
 
     def sim_stats(self, port: int) -> dict[str, Any]:
         return json.loads(http_get(self.sim_url(port) + "/api/v1/_stats")[2])
@@ -542,23 +582,24 @@ class Network:
         for port in (self.fast_port, self.slow_port):
             http_get(self.sim_url(port) + "/api/v1/_stats/reset", method="POST")
 
-    def node_status(self) -> dict[str, Any]:
-        return json.loads(http_get(self.node_url + "/api/v1/status")[2])
+    def node_status(self, url: str | None = None) -> dict[str, Any]:
+        return json.loads(http_get((url or self.node_url) + "/api/v1/status")[2])
 
-    def wait_downloads_done(self, timeout: float = 300.0) -> None:
+    def wait_downloads_done(self, timeout: float = 300.0, url: str | None = None) -> None:
         deadline = time.monotonic() + timeout
-        while self.node_status()["downloadsInProgress"]:
+        while self.node_status(url)["downloadsInProgress"]:
             if time.monotonic() > deadline:
                 raise RuntimeError("downloads still in progress after %.0fs" % timeout)
             time.sleep(0.01)
 
-    def cache(self, object_id: str) -> None:
-        """Fetch an object through the node and wait until it is cached."""
-        status, headers, body = http_get(f"{self.node_url}/api/v1/assets/{object_id}", timeout=600)
+    def cache(self, object_id: str, url: str | None = None) -> None:
+        """Fetch an object through the node (at ``url``) and wait until it is cached."""
+        url = url or self.node_url
+        status, headers, body = http_get(f"{url}/api/v1/assets/{object_id}", timeout=600)
         if status != 200:
             raise RuntimeError(f"caching {object_id}: HTTP {status}")
-        self.wait_downloads_done()
-        status, headers, _ = http_get(f"{self.node_url}/api/v1/assets/{object_id}", method="HEAD")
+        self.wait_downloads_done(url=url)
+        status, headers, _ = http_get(f"{url}/api/v1/assets/{object_id}", method="HEAD")
         if headers.get("x-cache") != "hit":
             raise RuntimeError(f"object {object_id} is not a hit after download: {headers.get('x-cache')}")
 
@@ -739,6 +780,53 @@ def phase_small(net: Network, results: Results, rss: RssSampler, profile: Callab
     results.goal("small hits >= 25% of nginx req/s", f"{ratio:.0%}", passed)
     if not passed:
         profile("small hits", lambda: run_wrk(net.node_url + path, 64, net.sizes.seconds))
+
+
+def phase_workers(net: Network, results: Results, workers: int) -> None:
+    """The node with ``workers`` hit workers (``publicApi.workers``): small
+    and large hits against the same nginx as the other phases (one process)
+    and against nginx with as many processes as the node has."""
+    net.worker_node, net.worker_port = net.start_node("node-workers", "node-workers", workers)
+    url = f"http://{HOST}:{net.worker_port}"
+    deadline = time.monotonic() + 30
+    log = net.work / "logs" / "node-workers.log"
+    while log.read_text(errors="replace").count("listening on port") < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the hit workers did not start: see " + str(log))
+        time.sleep(0.1)
+    nginx_n = net.start_nginx(workers + 1, node_dir="node-workers")
+    processes = f"node + {workers} hit worker{'s' if workers > 1 else ''}"
+    rss = RssSampler(net.worker_node.pid, with_children=True)
+    try:
+        net.cache(SMALL_ID, url)
+        path = f"/api/v1/assets/{SMALL_ID}"
+        run_wrk(url + path, 64, 2)  # warm-up
+        with rss.phase("small hits"):
+            node = run_wrk(url + path, 64, net.sizes.seconds)
+        nginx = run_wrk(net.nginx_url + path, 64, net.sizes.seconds)
+        nginx_same = run_wrk(f"http://{HOST}:{nginx_n}{path}", 64, net.sizes.seconds)
+        ratio = node.requests_per_sec / nginx.requests_per_sec
+        results.row(f"cached 100 KiB, 64 conns, {processes}: requests/s", _rate(node.requests_per_sec),
+                    _rate(nginx.requests_per_sec), f"{ratio:.0%} of nginx")  # fmt: skip
+        results.row(f"  vs nginx with {workers + 1} worker processes", _rate(node.requests_per_sec),
+                    _rate(nginx_same.requests_per_sec),
+                    f"{node.requests_per_sec / nginx_same.requests_per_sec:.0%} of nginx")  # fmt: skip
+        _check_errors(results, f"small hits, {processes}", node)
+        results.goal(f"small hits >= 25% of nginx req/s ({processes})", f"{ratio:.0%}", ratio >= 0.25)
+
+        net.cache(LARGE_ID, url)
+        path = f"/api/v1/assets/{LARGE_ID}"
+        with rss.phase("large hits"):
+            large = run_wrk(url + path, 4, net.sizes.seconds, timeout="120s")
+        nginx_large = run_wrk(net.nginx_url + path, 4, net.sizes.seconds, timeout="120s")
+        ratio = large.transfer_per_sec / nginx_large.transfer_per_sec
+        results.row(f"cached large, 4 conns, {processes}: throughput", _bandwidth(large.transfer_per_sec),
+                    _bandwidth(nginx_large.transfer_per_sec), f"{ratio:.0%} of nginx")  # fmt: skip
+        _check_errors(results, f"large hits, {processes}", large)
+        peak = max(rss.peaks.values())
+        results.row(f"peak RSS, {processes} (all processes)", f"{peak / MiB:.0f} MiB")
+    finally:
+        rss.stop()
 
 
 def phase_large(net: Network, results: Results, rss: RssSampler, profile: Callable[..., None]) -> None:
@@ -1071,6 +1159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", help="where objects, caches and logs go (default: .bench/ in the checkout)")
     parser.add_argument("--no-profile", action="store_true", help="do not run py-spy on missed goals")
     parser.add_argument("--skip-eviction", action="store_true", help="skip the 1M-object eviction benchmark")
+    parser.add_argument(
+        "--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), metavar="N",
+        help="hit workers of the second node measured (publicApi.workers; default: CPU cores - 1; 0: skip)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
@@ -1100,6 +1192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         phase_miss(net, results, rss)
         phase_coalesce(net, results, rss)
         phase_fanout(net, results, rss)
+        if args.workers > 0:
+            phase_workers(net, results, args.workers)
         peak = max(rss.peaks.values())
         results.goal("node RSS <= 150 MiB (peak over the phases)", f"{peak / MiB:.0f} MiB", peak <= 150 * MiB)
         hwm = rss.high_water_mark()
@@ -1111,7 +1205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rss is not None:
             rss.stop()
         net.processes.stop_all()
-        shutil.rmtree(work / "node", ignore_errors=True)  # the node's cache: gigabytes, throw-away
+        for node_dir in ("node", "node-workers"):  # the nodes' caches: gigabytes, throw-away
+            shutil.rmtree(work / node_dir, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
     if not args.skip_eviction:
         phase_eviction(results, args.quick)

@@ -268,6 +268,7 @@ class AccessLoggingSite(Site):
         head_timeout: float | None = HEAD_TIMEOUT,
         max_body: int = MAX_BODY,
         trust_forwarded: bool = False,
+        log_requests: bool = True,
     ) -> None:
         # The clock also drives the channels' idle timeouts.
         super().__init__(resource, timeout=timeout, reactor=clock)
@@ -282,6 +283,9 @@ class AccessLoggingSite(Site):
         #: The access log names the client from ``x-forwarded-for`` (the
         #: loopback listener where hit workers relay their viewers' requests).
         self.trust_forwarded = trust_forwarded
+        #: Emit the access event (False when no log output takes the
+        #: ``http`` level: building it costs ~5% of a small hit).
+        self.log_requests = log_requests
         #: Open connections.
         self.channels: set[_Channel] = set()
         #: True once ``drain`` was called: no connection is kept alive.
@@ -331,11 +335,6 @@ class AccessLoggingSite(Site):
         duration = 0.0
         if isinstance(request, TimedRequest):
             duration = (self.clock.seconds() - request.started_at) * 1000.0
-        client_host = getattr(request.getClientAddress(), "host", "-")
-        if self.trust_forwarded:
-            forwarded = request.getHeader(b"x-forwarded-for")
-            if forwarded:
-                client_host = forwarded.decode("ascii", "replace")
         sent = getattr(request, "bytes_sent", 0)
         x_cache = request.responseHeaders.getRawHeaders(b"x-cache")
         cache = x_cache[0].decode("ascii", "replace") if x_cache else None
@@ -345,6 +344,13 @@ class AccessLoggingSite(Site):
         path = getattr(request, "path", None) or b""
         if self.metrics is not None:
             self.metrics.observe_request(self.api_name, path, status, sent, cache)
+        if not self.log_requests:
+            return
+        client_host = getattr(request.getClientAddress(), "host", "-")
+        if self.trust_forwarded:
+            forwarded = request.getHeader(b"x-forwarded-for")
+            if forwarded:
+                client_host = forwarded.decode("ascii", "replace")
         access_log.info(
             "{api} {client} {method} {path} {status} {bytes}B {duration:.1f}ms {cache}{abortedText}",
             api=self.api_name,

@@ -130,6 +130,11 @@ def most_verbose_level(logs: Any) -> str:
     return max(levels, key=lambda level: RANKS.get(level.lower(), RANKS["info"])).lower()
 
 
+def logs_requests(level: str) -> bool:
+    """Whether an output at ``level`` shows the access log (``http``)."""
+    return RANKS.get(level.lower(), RANKS["info"]) >= RANKS["http"]
+
+
 def winston_level(event: Mapping[str, Any]) -> str:
     """The winston level name of a Twisted log event."""
     level = event.get("log_level", LogLevel.info)

@@ -142,6 +142,7 @@ class NodeMetrics:
             ["method"],
             registry=r,
         )
+        self._children: dict[tuple[str, str, int, str | None], list[Any]] = {}
         self.worker_requests = Counter(
             "jsdistributor_worker_requests",
             "Requests a hit worker process answered itself (publicApi.workers; requests it relayed to "
@@ -173,12 +174,21 @@ class NodeMetrics:
     def add_requests(self, api: str, route: str, status: int, x_cache: str | None, count: int, sent: int) -> None:
         """``count`` requests of one kind that sent ``sent`` body bytes in
         all (a hit worker reports its requests this way)."""
-        self.requests.labels(api, route, str(status)).inc(count)
-        if x_cache in ("hit", "pending", "miss"):
-            self.served_bytes.labels(x_cache).inc(sent)
-            result = "hit" if x_cache == HIT else "miss"
-            self.cache_requests.labels(result).inc(count)
-            self.cache_bytes.labels(result).inc(sent)
+        key = (api, route, status, x_cache)
+        children = self._children.get(key)
+        if children is None:
+            # labels() takes a lock and builds a key: once per kind of request.
+            children = [self.requests.labels(api, route, str(status))]
+            if x_cache in ("hit", "pending", "miss"):
+                result = "hit" if x_cache == HIT else "miss"
+                children += [self.served_bytes.labels(x_cache), self.cache_requests.labels(result), self.cache_bytes.labels(result)]
+            if len(self._children) < 10_000:
+                self._children[key] = children
+        children[0].inc(count)
+        if len(children) > 1:
+            children[1].inc(sent)
+            children[2].inc(count)
+            children[3].inc(sent)
 
     # -- exposition ----------------------------------------------------------
 

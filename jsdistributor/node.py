@@ -105,6 +105,10 @@ class DistributorNode(MultiService):
 
         self.metrics = getattr(self.components, "metrics", None) or NodeMetrics()
         self.metrics.watch(self)
+        from .logs import logs_requests, most_verbose_level
+
+        #: Some log output takes the access log's level (``http``).
+        self.log_requests = logs_requests(most_verbose_level(config.logs))
         #: Set by ``tap.makeService``: the console log observer twistd should
         #: use (see ``setServiceParent``).
         self.console_observer: Any = None
@@ -117,7 +121,7 @@ class DistributorNode(MultiService):
         self.public_api = PublicApi(self)
         self.public_service = ListeningService(
             reactor,
-            AccessLoggingSite(self.public_api.resource(), reactor, "public", metrics=self.metrics),
+            AccessLoggingSite(self.public_api.resource(), reactor, "public", metrics=self.metrics, log_requests=self.log_requests),
             config.public_api.port,
             config.public_api.interface,
             "public API",
@@ -132,7 +136,7 @@ class DistributorNode(MultiService):
             self.operator_api = OperatorApi(self, config.operator_api.hmac_secret)
             self.operator_service = ListeningService(
                 reactor,
-                AccessLoggingSite(self.operator_api.resource(), reactor, "operator", metrics=self.metrics),
+                AccessLoggingSite(self.operator_api.resource(), reactor, "operator", metrics=self.metrics, log_requests=self.log_requests),
                 config.operator_api.port,
                 config.operator_api.interface,
                 "operator API",
@@ -142,7 +146,7 @@ class DistributorNode(MultiService):
         if config.metrics is not None:
             self.metrics_service = ListeningService(
                 reactor,
-                AccessLoggingSite(self.metrics.resource(), reactor, "metrics", metrics=self.metrics),
+                AccessLoggingSite(self.metrics.resource(), reactor, "metrics", metrics=self.metrics, log_requests=self.log_requests),
                 config.metrics.port,
                 config.metrics.interface,
                 "metrics",
@@ -160,7 +164,7 @@ class DistributorNode(MultiService):
         self.public_service.reuse_port = True
         internal = self.internal_service = ListeningService(
             self.reactor,
-            AccessLoggingSite(self.public_api.resource(), self.reactor, "public", metrics=self.metrics, trust_forwarded=True),
+            AccessLoggingSite(self.public_api.resource(), self.reactor, "public", metrics=self.metrics, trust_forwarded=True, log_requests=self.log_requests),
             0,
             "127.0.0.1",
             "public API for the hit workers",

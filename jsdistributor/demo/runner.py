@@ -192,6 +192,9 @@ class Supervisor:
             env=env,
             cwd=cwd,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            # Ctrl-C reaches the demo alone, which stops each child once
+            # (a node that got both SIGINT and SIGTERM logged a stop error).
+            start_new_session=True,
         )
         child = Child(name, process, log_path, log)
         self.children.append(child)

@@ -4,6 +4,7 @@ operator's start-api / stop-api and the shutdown on to them."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -13,7 +14,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger, LogLevel, eventFromJSON, globalLogPublisher
+from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.protocols.amp import AMP
 from twisted.python.failure import Failure
 
@@ -77,19 +78,21 @@ class WorkerProcess(ProcessProtocol):
                 log.warn("worker {workerIndex}: {line}", workerIndex=self.index, line=line.decode("utf-8", "replace"))
 
     def _event(self, line: bytes) -> None:
+        """One line of the worker's stdout: a log event
+        (``process.event_for_primary``), logged as ours."""
         if not line.strip():
             return
         try:
-            event = eventFromJSON(line.decode("utf-8"))
-        except ValueError:
+            event = json.loads(line)
+            namespace, text, fields = str(event["namespace"]), str(event["text"]), dict(event["fields"])
+            level = LogLevel.levelWithName(event["level"])
+        except (ValueError, KeyError, TypeError, InvalidLogLevelError):
             log.warn("worker {workerIndex}: {line}", workerIndex=self.index, line=line.decode("utf-8", "replace"))
             return
-        event["workerIndex"] = self.index
-        if "log_format" in event:
-            event["log_format"] = "worker {workerIndex}: " + str(event["log_format"])
-        if not isinstance(event.get("log_level"), LogLevel):
-            event["log_level"] = LogLevel.info
-        globalLogPublisher(event)
+        fields.update(workerIndex=self.index, workerText=text)
+        for key in ("format", "level"):
+            fields.pop(key, None)
+        Logger(namespace=namespace).emit(level, "worker {workerIndex}: {workerText}", **fields)
 
     def processEnded(self, reason: Failure) -> None:
         for rest in (self._out, self._err):

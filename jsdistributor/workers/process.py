@@ -14,13 +14,13 @@ import signal
 import socket
 import sys
 from collections import Counter
-from typing import Any
+from typing import IO, Any, Mapping
 
 from attrs import asdict, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
-from twisted.logger import FilteringLogObserver, Logger, globalLogBeginner, jsonFileLogObserver
+from twisted.logger import FilteringLogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
 from twisted.protocols.amp import AMP
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from ..assets import AssetServer
 from ..cache.store import ContentStore
 from ..httputil import AccessLoggingSite
-from ..logs import LevelPredicate
+from ..logs import LevelPredicate, logs_requests
 from ..metrics import route_of
 from ..node import LISTEN_BACKLOG
 from ..public_api import PublicRoot, asset_id_of
@@ -172,7 +172,13 @@ class HitWorker:
         self.tally = RequestTally()
         relay = RelayResource(relay_agent(reactor), f"http://127.0.0.1:{settings.primary_port}".encode("ascii"))
         fallback = LookupThenRelay(self.assets, relay, self.lookup)
-        self.site = AccessLoggingSite(PublicRoot(fallback, self.assets), reactor, "public", metrics=self.tally)
+        self.site = AccessLoggingSite(
+            PublicRoot(fallback, self.assets),
+            reactor,
+            "public",
+            metrics=self.tally,
+            log_requests=logs_requests(settings.log_level),
+        )
         self.control: WorkerControl | None = None
         self.port: Any = None
         self._lookups: dict[str, Deferred[bool]] = {}
@@ -260,10 +266,36 @@ async def _stop(port: Any) -> None:
     await port.stopListening()
 
 
-def start_logging(level: str) -> None:
-    """Log events at ``level`` or above as JSON lines on stdout (the primary
-    reads them and logs them with its own outputs)."""
-    observer = FilteringLogObserver(jsonFileLogObserver(sys.stdout, recordSeparator=""), [LevelPredicate(level)])
+def event_for_primary(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What the primary needs to log ``event`` as its own: namespace,
+    level, the formatted text, and the fields that are plain values (the
+    JSON log file keeps them: an access event's status, bytes, ...)."""
+    level = event.get("log_level", LogLevel.info)
+    out: dict[str, Any] = {
+        "namespace": event.get("log_namespace") or "-",
+        "level": level.name if isinstance(level, LogLevel) else "info",
+        "text": formatEvent(event),
+        "fields": {
+            key: value
+            for key, value in event.items()
+            if not key.startswith("log_") and isinstance(value, (str, int, float, bool, type(None)))
+        },
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        out["text"] += "\n" + failure.getTraceback()
+    return out
+
+
+def start_logging(level: str, output: IO[str] = sys.stdout) -> None:
+    """Log events at ``level`` or above as JSON lines on ``output`` (the
+    primary reads them and logs them with its own outputs)."""
+
+    def write(event: Mapping[str, Any]) -> None:
+        output.write(json.dumps(event_for_primary(event), default=str) + "\n")
+        output.flush()
+
+    observer = FilteringLogObserver(write, [LevelPredicate(level)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
 
 
