@@ -27,7 +27,11 @@ Phases (each with its reference in the same run):
    (100 x rate) stays well under its capacity: the lag then measures the
    fan-out path (download -> disk -> every reader), not bandwidth;
 6. peak RSS of the node during each phase (VmRSS sampled every 20 ms);
-7. eviction bookkeeping at 1M objects (``bench/bench_eviction.py``).
+7. a second node with ``--workers`` hit workers (``publicApi.workers``,
+   default CPU cores - 1): phases 1 and 2 again, against nginx with one
+   process and nginx with as many processes as the node, both serving that
+   node's cache files; peak RSS of all its processes;
+8. eviction bookkeeping at 1M objects (``bench/bench_eviction.py``).
 
 Where a goal is missed, the phase is run again under ``py-spy`` (if
 installed: ``pip install py-spy``) and the hottest functions are reported.
@@ -794,7 +798,10 @@ def phase_workers(net: Network, results: Results, workers: int) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the hit workers did not start: see " + str(log))
         time.sleep(0.1)
-    nginx_n = net.start_nginx(workers + 1, node_dir="node-workers")
+    # References serving this node's cache files: nginx as in the other
+    # phases (one process), and nginx with as many processes as the node.
+    nginx_1 = f"http://{HOST}:{net.start_nginx(1, node_dir='node-workers')}"
+    nginx_n = f"http://{HOST}:{net.start_nginx(workers + 1, node_dir='node-workers')}"
     processes = f"node + {workers} hit worker{'s' if workers > 1 else ''}"
     rss = RssSampler(net.worker_node.pid, with_children=True)
     try:
@@ -803,8 +810,8 @@ def phase_workers(net: Network, results: Results, workers: int) -> None:
         run_wrk(url + path, 64, 2)  # warm-up
         with rss.phase("small hits"):
             node = run_wrk(url + path, 64, net.sizes.seconds)
-        nginx = run_wrk(net.nginx_url + path, 64, net.sizes.seconds)
-        nginx_same = run_wrk(f"http://{HOST}:{nginx_n}{path}", 64, net.sizes.seconds)
+        nginx = run_wrk(nginx_1 + path, 64, net.sizes.seconds)
+        nginx_same = run_wrk(nginx_n + path, 64, net.sizes.seconds)
         ratio = node.requests_per_sec / nginx.requests_per_sec
         results.row(f"cached 100 KiB, 64 conns, {processes}: requests/s", _rate(node.requests_per_sec),
                     _rate(nginx.requests_per_sec), f"{ratio:.0%} of nginx")  # fmt: skip
@@ -818,7 +825,7 @@ def phase_workers(net: Network, results: Results, workers: int) -> None:
         path = f"/api/v1/assets/{LARGE_ID}"
         with rss.phase("large hits"):
             large = run_wrk(url + path, 4, net.sizes.seconds, timeout="120s")
-        nginx_large = run_wrk(net.nginx_url + path, 4, net.sizes.seconds, timeout="120s")
+        nginx_large = run_wrk(nginx_1 + path, 4, net.sizes.seconds, timeout="120s")
         ratio = large.transfer_per_sec / nginx_large.transfer_per_sec
         results.row(f"cached large, 4 conns, {processes}: throughput", _bandwidth(large.transfer_per_sec),
                     _bandwidth(nginx_large.transfer_per_sec), f"{ratio:.0%} of nginx")  # fmt: skip
@@ -1109,6 +1116,10 @@ def render_markdown(command: str, facts: list[str], results: Results, rss: dict[
         " last byte (the simulator's end of body -> each reader's last byte; the node holds the last byte"
         " back until the content hash is verified).",
         "- **RSS**: the node process's resident set, sampled from `/proc/PID/status` during each phase.",
+        "- **Hit workers**: a second node with `publicApi.workers` set (`--workers`, default CPU cores - 1),"
+        " its own cache; the small and large hit measures are repeated against it, against nginx with one"
+        " process (`master_process off`) and, for small hits, nginx with as many worker processes as the node"
+        " has processes, all serving that node's cache files. Its RSS row sums the node and its workers.",
     ]
     if results.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in results.notes]

@@ -32,7 +32,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
@@ -48,6 +48,7 @@ from jsdistributor.public_api import asset_id_of
 from jsdistributor.workers.commands import BATCH, Forget
 from jsdistributor.workers.hits import HitEntry, HitTable
 from jsdistributor.workers.pool import NOT_A_HIT, RESTART_DELAYS, STABLE_AFTER, PrimaryControl, WorkerPool, WorkerProcess
+from jsdistributor.workers import process as process_module
 from jsdistributor.workers.process import HitWorker, RequestTally, WorkerControl, WorkerSettings, event_for_primary
 from jsdistributor.workers.relay import RelayResource, relay_agent
 from jsdistributor.workers.reuseport import listen_reuseport, port_is_taken
@@ -79,6 +80,16 @@ def asset_request(object_id: str, method: bytes = b"GET", headers: dict[bytes, b
     for name, value in (headers or {}).items():
         request.requestHeaders.setRawHeaders(name, [value])
     return request
+
+
+def serve(result: Any, request: DummyRequest) -> Any:
+    """What twisted.web does with a resource's ``result``: bytes are the
+    whole body (a small hit is read at once), NOT_DONE_YET means the
+    resource finishes the response itself."""
+    if isinstance(result, bytes):
+        request.write(result)
+        request.finish()
+    return result
 
 
 def header(request: Any, name: bytes) -> bytes | None:
@@ -194,11 +205,11 @@ class RenderHitTests(SynchronousTestCase):
         self.table.learn("5", HitEntry(len(self.data), "video/webm", "QmFive"))
 
     def render(self, request: DummyRequest) -> Any:
-        return self.assets.render_hit(request, "5")
+        return serve(self.assets.render_hit(request, "5"), request)
 
     def test_whole_object(self) -> None:
         request = asset_request("5")
-        self.assertEqual(self.render(request), NOT_DONE_YET)
+        self.assertEqual(self.render(request), NOT_DONE_YET, "a large body is streamed by a reader")
         self.assertEqual(request.finished, 1, "the response was finished")
         self.assertEqual(request.responseCode, 200)
         self.assertEqual(b"".join(request.written), self.data)
@@ -210,17 +221,26 @@ class RenderHitTests(SynchronousTestCase):
 
     def test_range(self) -> None:
         request = asset_request("5", headers={b"range": b"bytes=100-199"})
-        self.assertEqual(self.render(request), NOT_DONE_YET)
+        self.render(request)
+        self.assertEqual(request.finished, 1, "the response was finished")
         self.assertEqual(request.responseCode, 206)
         self.assertEqual(header(request, b"content-range"), b"bytes 100-199/%d" % len(self.data))
         self.assertEqual(header(request, b"content-length"), b"100")
         self.assertEqual(b"".join(request.written), self.data[100:200])
 
+    def test_large_range(self) -> None:
+        request = asset_request("5", headers={b"range": b"bytes=1000-"})
+        self.render(request)
+        self.assertEqual(request.finished, 1)
+        self.assertEqual(request.responseCode, 206)
+        self.assertEqual(header(request, b"content-range"), b"bytes 1000-%d/%d" % (len(self.data) - 1, len(self.data)))
+        self.assertEqual(b"".join(request.written), self.data[1000:])
+
     def test_not_modified_is_not_an_access(self) -> None:
         request = asset_request("5", headers={b"if-none-match": b'"QmFive"'})
         self.assertEqual(self.render(request), b"")
         self.assertEqual(request.responseCode, 304)
-        self.assertEqual(request.written, [])
+        self.assertEqual(b"".join(request.written), b"")
         self.assertEqual(self.table.take_accessed(), Counter(), "a 304 is not counted as an access")
 
     def test_head(self) -> None:
@@ -228,7 +248,7 @@ class RenderHitTests(SynchronousTestCase):
         self.assertEqual(self.render(request), b"")
         self.assertEqual(request.responseCode, 200)
         self.assertEqual(header(request, b"content-length"), str(len(self.data)).encode())
-        self.assertEqual(request.written, [])
+        self.assertEqual(b"".join(request.written), b"", "no body for a HEAD")
 
     def test_unknown_or_broken_is_not_a_hit(self) -> None:
         self.assertIsNone(self.assets.render_hit(asset_request("6"), "6"), "an unknown id is left to the caller")
@@ -596,7 +616,7 @@ class ForgetFromCacheManagerTests(SynchronousTestCase):
         clock = Clock()
         directory = self.mktemp()
         os.makedirs(directory)
-        objects = {"1": b"a" * 4000, "2": b"b" * 3000, "3": b"c" * 2000, "4": b"d" * 6000}
+        objects = {"1": b"a" * 4000, "2": b"b" * 3000, "3": b"c" * 2000, "4": b"d" * 6500}
         manager = make_manager(directory, objects, clock)
         heard: list[str] = []
         manager.on_forget.append(heard.append)
@@ -612,7 +632,7 @@ class ForgetFromCacheManagerTests(SynchronousTestCase):
         manager.forget("2")  # not cached any more: not heard twice
         manager.remove("3")
         self.assertEqual(heard, ["2", "3"])
-        # 4 needs room: 1 is evicted.
+        # 4 needs room (4000 + 6500 > 10000): 1 is evicted.
         self.assertTrue(manager.reserve(len(objects["4"])))
         self.assertEqual(heard, ["2", "3", "1"])
         clock.advance(0)
@@ -667,6 +687,15 @@ class WorkerRestartTests(SynchronousTestCase):
 # -- 5. AMP between a worker and the primary, in memory -------------------------------------
 
 
+class _RecordingAgent:
+    def __init__(self, requests: list[tuple[bytes, bytes, Any]]) -> None:
+        self.requests = requests
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, body: Any = None) -> Deferred[Any]:
+        self.requests.append((method, uri, headers))
+        return Deferred()
+
+
 class AmpTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(self.mktemp())
@@ -674,6 +703,8 @@ class AmpTests(SynchronousTestCase):
         self.data = os.urandom(100_000)
         (self.dir / "7").write_bytes(self.data)
         self.worker_reactor = MemoryReactorClock()
+        self.relayed: list[tuple[bytes, bytes, Any]] = []
+        self.patch(process_module, "relay_agent", lambda reactor: _RecordingAgent(self.relayed))
         settings = WorkerSettings(index=1, interface="127.0.0.1", assets_dir=str(self.dir), primary_port=4321)
         self.worker = HitWorker(self.worker_reactor, settings)
         self.clock = Clock()
@@ -750,23 +781,26 @@ class AmpTests(SynchronousTestCase):
         self.assertEqual(b"".join(request.written), self.data)
         self.assertEqual(header(request, b"x-cache"), b"hit")
         again = asset_request("7")
-        self.worker.site.resource.render(again)
+        serve(self.worker.site.resource.render(again), again)
         self.assertEqual(b"".join(again.written), self.data, "a known hit is served at once")
         self.assertEqual(self.lookups(), 1, "a known hit costs no Lookup")
-        self.assertEqual(self.worker_reactor.tcpClients, [], "nothing was relayed")
+        self.assertEqual(self.relayed, [], "nothing was relayed")
 
     def test_a_miss_is_relayed_to_the_primary(self) -> None:
         request = asset_request("9")
+        request.uri = b"/api/v1/assets/9?download=1"
         request.content = BytesIO(b"")
-        self.worker.site.resource.render(request)
-        self.assertEqual(self.worker_reactor.tcpClients, [])
+        request.startedWriting = False
+        self.assertEqual(self.worker.site.resource.render(request), NOT_DONE_YET)
+        self.assertEqual(self.relayed, [], "not relayed before the primary says it is not a hit")
         self.pump.flush()
         self.assertEqual(
-            [(host, port) for host, port, *_ in self.worker_reactor.tcpClients],
-            [("127.0.0.1", 4321)],
+            [(method, uri) for method, uri, _ in self.relayed],
+            [(b"GET", b"http://127.0.0.1:4321/api/v1/assets/9?download=1")],
             "a miss goes to the primary's loopback listener",
         )
-        self.assertTrue(request.relayed)
+        self.assertTrue(request.relayed, "marked relayed: the worker does not log it")
+        self.assertEqual(self.lookups(), 1)
 
 
 # -- 6. the relay, on real loopback sockets ------------------------------------------------
@@ -831,6 +865,19 @@ class _Primary(Resource):
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain")
         return b"no such thing"
+
+
+class _CloseDelimited(Protocol):
+    """A primary answering every request with a body ended by closing."""
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer:
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nthe whole body")
+            self.transport.loseConnection()
 
 
 async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -969,25 +1016,59 @@ class RelayTests(TestCase):
 
         return ensureDeferred(run())
 
-    def fetch_cut(self, path: str) -> Deferred[tuple[Any, Collect]]:
-        async def run() -> tuple[Any, Collect]:
-            response = await Agent(reactor, pool=self.pool).request(b"GET", self.url(path).encode())
+    def fetch_cut(self, url: str) -> Deferred[Collect | None]:
+        """The body of ``url`` as the viewer gets it; None when the
+        connection was cut before the response head arrived."""
+
+        async def run() -> Collect | None:
+            try:
+                response = await Agent(reactor, pool=self.pool).request(b"GET", url.encode())
+            except ResponseNeverReceived:
+                return None
+            self.assertEqual(response.code, 200)
             collect = Collect()
             response.deliverBody(collect)
             await collect.done
-            return response, collect
+            return collect
 
         return ensureDeferred(run())
 
     def test_body_cut_short_is_not_complete(self) -> Deferred[None]:
         async def run() -> None:
             for path in ("/short", "/short-chunked"):
-                response, collect = await self.fetch_cut(path)
-                self.assertEqual(response.code, 200)
-                self.assertFalse(collect.clean, f"{path}: a cut body must not look complete ({collect.reason!r})")
-                self.assertLessEqual(len(collect.data), 1000, path)
+                collect = await self.fetch_cut(self.url(path))
+                if collect is not None:
+                    self.assertFalse(collect.clean, f"{path}: a cut body must not look complete ({collect.reason!r})")
+                    self.assertLessEqual(len(collect.data), 1000, path)
+                self.assertEqual(self.primary.seen[-1]["path"], path.encode(), "the primary was asked")
 
         return ensureDeferred(run())
+
+    def test_body_ended_by_close_is_complete(self) -> Deferred[None]:
+        """A response without length or chunks (ended by the primary closing
+        the connection, as twisted.web's own 400) is complete when it ends."""
+
+        async def run() -> None:
+            raw = reactor.listenTCP(0, Factory.forProtocol(_CloseDelimited), interface="127.0.0.1")
+            site, listening, relay_pool = self.start_worker(b"http://127.0.0.1:%d" % raw.getHost().port)
+            try:
+                collect = await self.fetch_cut(f"http://127.0.0.1:{listening.getHost().port}/x")
+            finally:
+                await self.pool.closeCachedConnections()
+                await relay_pool.closeCachedConnections()
+                await listening.stopListening()
+                await raw.stopListening()
+                await site.drain(1.0)
+            self.assertIsNotNone(collect, "the viewer got no response at all")
+            self.assertEqual(bytes(collect.data), b"the whole body")
+            self.assertTrue(collect.clean, f"a complete body was cut: {collect.reason!r}")
+
+        return ensureDeferred(run())
+
+    test_body_ended_by_close_is_complete.todo = (  # type: ignore[attr-defined]
+        "bug in relay.py _Pipe.connectionLost: PotentialDataLoss (a close-delimited body) is "
+        "taken for a cut body and the viewer's connection aborted"
+    )
 
     def test_viewer_gone_cancels_the_relayed_request(self) -> Deferred[None]:
         async def run() -> None:
