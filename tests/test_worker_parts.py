@@ -27,7 +27,7 @@ from twisted.internet.error import CannotListenError, ProcessDone, ProcessTermin
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, Logger, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -41,7 +41,7 @@ from jsdistributor.assets import AssetServer
 from jsdistributor.cache.eviction import CacheEntry
 from jsdistributor.config import FileLog, Logs, masked_config_dict, parse_config
 from jsdistributor.httputil import AccessLoggingSite
-from jsdistributor.logs import most_verbose_level
+from jsdistributor.logs import logs_requests, most_verbose_level
 from jsdistributor.metrics import NodeMetrics
 from jsdistributor.model import is_valid_object_id
 from jsdistributor.public_api import asset_id_of
@@ -354,10 +354,6 @@ class WorkerLogTests(SynchronousTestCase):
         for level in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical):
             self.assertEqual(event_for_primary(self.worker_event(level))["level"], level.name, level)
 
-    test_event_for_primary_keeps_the_level.todo = (  # type: ignore[attr-defined]
-        "bug in jsdistributor/workers/process.py: isinstance(level, LogLevel) is never true "
-        "(LogLevel constants are NamedConstant), so every worker event becomes info"
-    )
 
     def test_round_trip_same_namespace_level_and_text(self) -> None:
         try:
@@ -374,8 +370,21 @@ class WorkerLogTests(SynchronousTestCase):
         self.assertIn("KeyError", text)
         self.assertEqual((e["objectId"], e["size"], e["workerIndex"]), ("12", 3, 3), "plain fields are kept")
 
-    round_trip_todo = "fails with the level bug of event_for_primary (see test_event_for_primary_keeps_the_level)"
-    test_round_trip_same_namespace_level_and_text.todo = round_trip_todo  # type: ignore[attr-defined]
+    def test_round_trip_namespace_text_and_fields(self) -> None:
+        try:
+            raise KeyError("boom")
+        except KeyError:
+            failure = Failure()
+        events = self.replay(self.worker_event(LogLevel.info, log_failure=failure, size=3, what="{not a field}"))
+        self.assertEqual(len(events), 1, f"one event per line, got {events!r}")
+        e = events[0]
+        self.assertEqual(e["log_namespace"], "jsdistributor.cache.manager", "the worker's namespace is kept")
+        self.assertEqual(e["log_level"], LogLevel.info)
+        text = formatEvent(e)
+        self.assertTrue(text.startswith("worker 3: object 12 is {not a field}\n"), text)
+        self.assertIn("KeyError: 'boom'", text, "the worker's traceback reaches the primary's log")
+        self.assertEqual((e["objectId"], e["size"], e["workerIndex"]), ("12", 3, 3), "plain fields are kept")
+
 
     def test_primary_emits_the_line_with_its_level(self) -> None:
         line = {"namespace": "jsdistributor.x", "level": "warn", "text": "a {b} c", "fields": {"objectId": "9", "format": "f", "level": "l"}}
@@ -438,17 +447,13 @@ class WorkerLogTests(SynchronousTestCase):
         self.process.outReceived(json.dumps(line).encode() + b"\n")  # must not raise
         self.assertEqual([formatEvent(e) for e in self.events], ["worker 3: t"])
 
-    test_field_named_like_an_emit_argument.todo = (  # type: ignore[attr-defined]
-        "bug in WorkerProcess._event: Logger.emit(level, format, **fields) raises TypeError "
-        "for a field named 'self'"
-    )
 
     @settings(max_examples=200, derandomize=True, deadline=None)
     @given(
         st.one_of(
             st.binary(max_size=80),
             st.recursive(
-                st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.sampled_from(["info", "warn", "debug"]),
                 lambda inner: st.lists(inner, max_size=3)
                 | st.dictionaries(
                     st.sampled_from(["namespace", "level", "text", "fields", "format", "log_format", "x", "workerIndex"]),
@@ -460,7 +465,12 @@ class WorkerLogTests(SynchronousTestCase):
         )
     )
     def test_never_raises(self, line: bytes) -> None:
-        self.process.outReceived(line.replace(b"\n", b" ") + b"\n")
+        """Whatever a worker writes, the primary logs one event per line
+        (its own, or a warning quoting the line) and never raises."""
+        line = line.replace(b"\n", b" ")
+        self.events.clear()
+        self.process.outReceived(line + b"\n")
+        self.assertEqual(len(self.events), 1 if line.strip() else 0, repr(line))
 
 
 # -- 4. the primary's pool, without processes ---------------------------------------------
@@ -771,6 +781,43 @@ class AmpTests(SynchronousTestCase):
         self.assertEqual(self.metrics.registry.get_sample_value("jsdistributor_worker_requests_total", {"worker": "1"}), 1)
         self.assertEqual(self.worker.table.take_accessed(), Counter(), "reported accesses are not sent twice")
 
+    def test_report_in_batches(self) -> None:
+        control = FakeControl()
+        self.worker.control = control  # type: ignore[assignment]
+        self.worker.report()
+        self.assertEqual(control.calls, [], "nothing to report: nothing sent")
+        for n in range(2 * BATCH + 1):
+            self.worker.table.touch(str(n))
+        self.worker.tally.observe_request("public", b"/api/v1/status", 200, 10, None)
+        self.worker.report()
+        sizes = [(len(arguments["accessed"]), len(arguments["requests"])) for _, arguments in control.calls]
+        self.assertEqual(sizes, [(BATCH, 1), (BATCH, 0), (1, 0)], "AMP values stay small")
+        reported = {item["objectId"]: item["count"] for _, arguments in control.calls for item in arguments["accessed"]}
+        self.assertEqual(reported, {str(n): 1 for n in range(2 * BATCH + 1)})
+
+    def test_exit_stops_the_reactor_once(self) -> None:
+        self.worker.exit("the node asked")
+        self.worker.exit("again")
+        self.assertFalse(self.worker_reactor.hasStopped, "stopped on the next turn, not inside the call")
+        self.worker_reactor.advance(0)
+        self.assertTrue(self.worker_reactor.hasStopped)
+        self.assertEqual(self.worker_reactor.getDelayedCalls(), [], "one stop only")
+
+    def test_losing_the_primary_ends_the_worker(self) -> None:
+        self.worker.control.connectionLost(Failure(ConnectionError("primary gone")))
+        self.worker_reactor.advance(0)
+        self.assertTrue(self.worker_reactor.hasStopped, "a worker never outlives its primary")
+
+    def test_access_events_only_when_a_log_output_shows_them(self) -> None:
+        self.assertIs(self.worker.site.log_requests, False, "settings default to info: no access events")
+        for level, expected in (("http", True), ("debug", True), ("warn", False)):
+            settings = WorkerSettings(index=2, interface="127.0.0.1", assets_dir=str(self.dir), primary_port=1, log_level=level)
+            self.assertIs(HitWorker(MemoryReactorClock(), settings).site.log_requests, expected, level)
+
+    def test_settings_round_trip(self) -> None:
+        settings = WorkerSettings(index=2, interface="::", assets_dir="/a", primary_port=9, log_level="debug", send_timeout=None)
+        self.assertEqual(WorkerSettings.from_json(settings.to_json()), settings)
+
     def test_an_unseen_asset_is_looked_up_then_served(self) -> None:
         request = asset_request("7")
         self.assertEqual(self.worker.site.resource.render(request), NOT_DONE_YET)
@@ -985,10 +1032,6 @@ class RelayTests(TestCase):
 
         return ensureDeferred(run())
 
-    test_request_body_relayed.todo = (  # type: ignore[attr-defined]
-        "bug in relay.py: the viewer's content-length is copied and the Agent adds its own, "
-        "so the primary sees two Content-Length headers and answers 400"
-    )
 
     def test_primary_unreachable(self) -> Deferred[None]:
         async def run() -> None:
@@ -1065,10 +1108,6 @@ class RelayTests(TestCase):
 
         return ensureDeferred(run())
 
-    test_body_ended_by_close_is_complete.todo = (  # type: ignore[attr-defined]
-        "bug in relay.py _Pipe.connectionLost: PotentialDataLoss (a close-delimited body) is "
-        "taken for a cut body and the viewer's connection aborted"
-    )
 
     def test_viewer_gone_cancels_the_relayed_request(self) -> Deferred[None]:
         async def run() -> None:
@@ -1130,6 +1169,40 @@ class AccessLogTests(SynchronousTestCase):
         self.get(site, b"/plain")
         self.assertEqual(len(self.events), 1, "other requests are still logged")
         self.assertEqual(sample("jsdistributor_http_requests_total", {"api": "public", "route": "other", "status": "200"}), 1)
+
+
+    def test_no_access_events_but_still_counted(self) -> None:
+        site = AccessLoggingSite(_Leaf(), Clock(), "public", metrics=self.metrics, log_requests=False)
+        self.assertIn(b"ok", self.get(site, b"/a"))
+        self.assertEqual(self.events, [], "log_requests=False: no access event")
+        sample = self.metrics.registry.get_sample_value
+        self.assertEqual(sample("jsdistributor_http_requests_total", {"api": "public", "route": "other", "status": "200"}), 1)
+
+
+class AddRequestsTests(SynchronousTestCase):
+    def test_counts_accumulate_by_kind(self) -> None:
+        metrics = NodeMetrics()
+        sample = metrics.registry.get_sample_value
+        for _ in range(2):
+            metrics.add_requests("public", "assets", 200, "hit", 3, 300)
+        metrics.add_requests("public", "assets", 200, "pending", 1, 50)
+        metrics.add_requests("public", "assets", 206, "miss", 2, 20)
+        metrics.add_requests("public", "status", 200, None, 4, 999)
+        metrics.add_requests("public", "other", 404, "weird", 1, 7)
+        metrics.observe_request("public", b"/api/v1/assets/1", 200, 5, "hit")
+        requests = "jsdistributor_http_requests_total"
+        self.assertEqual(sample(requests, {"api": "public", "route": "assets", "status": "200"}), 8)
+        self.assertEqual(sample(requests, {"api": "public", "route": "assets", "status": "206"}), 2)
+        self.assertEqual(sample(requests, {"api": "public", "route": "status", "status": "200"}), 4)
+        self.assertEqual(sample(requests, {"api": "public", "route": "other", "status": "404"}), 1)
+        self.assertEqual(sample("jsdistributor_served_bytes_total", {"x_cache": "hit"}), 605)
+        self.assertEqual(sample("jsdistributor_served_bytes_total", {"x_cache": "pending"}), 50)
+        self.assertEqual(sample("jsdistributor_served_bytes_total", {"x_cache": "miss"}), 20)
+        self.assertIsNone(sample("jsdistributor_served_bytes_total", {"x_cache": "weird"}), "unknown x-cache: no label")
+        self.assertEqual(sample("jsdistributor_cache_requests_total", {"result": "hit"}), 7)
+        self.assertEqual(sample("jsdistributor_cache_requests_total", {"result": "miss"}), 3, "pending and miss are misses")
+        self.assertEqual(sample("jsdistributor_cache_bytes_served_total", {"result": "miss"}), 70)
+        self.assertEqual(sample("jsdistributor_worker_restarts_total"), 0, "the restart counter exists from the start")
 
 
 # -- 8. SO_REUSEPORT ----------------------------------------------------------------------
@@ -1218,6 +1291,14 @@ class MostVerboseLevelTests(SynchronousTestCase):
         self.assertEqual(most_verbose_level(Logs(console_level="http", file=None)), "http")
         self.assertEqual(most_verbose_level(Logs(console_level=None, file=file("warn"))), "warn")
         self.assertEqual(most_verbose_level(parse_config(minimal(), Path("/etc/jsd"), {}).logs), "info")
+
+    def test_logs_requests(self) -> None:
+        self.assertEqual(
+            {level: logs_requests(level) for level in ("error", "warn", "info", "http", "verbose", "debug", "silly", "HTTP")},
+            {"error": False, "warn": False, "info": False, "http": True, "verbose": True, "debug": True, "silly": True,
+             "HTTP": True},
+            "the access log is the http level",
+        )
 
 
 class AssetIdTests(SynchronousTestCase):

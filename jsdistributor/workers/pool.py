@@ -89,9 +89,9 @@ class WorkerProcess(ProcessProtocol):
         except (ValueError, KeyError, TypeError, InvalidLogLevelError):
             log.warn("worker {workerIndex}: {line}", workerIndex=self.index, line=line.decode("utf-8", "replace"))
             return
+        # Not Logger.emit's own parameters, nor the keys the observers own.
+        fields = {k: v for k, v in fields.items() if k not in ("self", "level", "format") and not k.startswith("log_")}
         fields.update(workerIndex=self.index, workerText=text)
-        for key in ("format", "level"):
-            fields.pop(key, None)
         Logger(namespace=namespace).emit(level, "worker {workerIndex}: {workerText}", **fields)
 
     def processEnded(self, reason: Failure) -> None:

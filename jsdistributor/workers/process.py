@@ -273,7 +273,8 @@ def event_for_primary(event: Mapping[str, Any]) -> dict[str, Any]:
     level = event.get("log_level", LogLevel.info)
     out: dict[str, Any] = {
         "namespace": event.get("log_namespace") or "-",
-        "level": level.name if isinstance(level, LogLevel) else "info",
+        # LogLevel's constants are not instances of the class.
+        "level": level.name if level in LogLevel.iterconstants() else "info",
         "text": formatEvent(event),
         "fields": {
             key: value

@@ -13,6 +13,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -89,7 +90,9 @@ class _Pipe(Protocol):
         if self.gone or request.finished:
             return
         request.unregisterProducer()
-        if reason.check(ResponseDone):
+        # PotentialDataLoss: a body without length or chunking, ended by
+        # the close (twisted.web's own error answers).
+        if reason.check(ResponseDone, PotentialDataLoss):
             request.finish()
             return
         # A body cut short must not look complete to the viewer.
@@ -114,6 +117,8 @@ class RelayResource(Resource):
         request.relayed = True
         headers = Headers()
         _copy_headers(request.requestHeaders, headers)
+        # The agent frames the body it sends: a copied length would be a second one.
+        headers.removeHeader(b"content-length")
         client = request.getClientAddress()
         headers.setRawHeaders(FORWARDED_FOR, [getattr(client, "host", "-").encode("ascii", "replace")])
         body = None
