@@ -18,6 +18,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
+from . import sendfile
 from .cache.manager import CacheManager
 from .cache.pending import DownloadFailed, PendingDownload, range_start as _range_start
 from .cache.readers import StreamReader
@@ -200,6 +201,14 @@ class AssetServer:
             opened.close()
             return b""
         start, end = window
+        if end - start >= sendfile.MIN_BYTES and sendfile.usable(request):
+            sent = sendfile.send_body(request, opened, start, end)
+            if sent == sendfile.BROKEN or start + sent >= end:
+                # All sent (or the connection is gone): twisted.web only
+                # has to finish the response.
+                opened.close()
+                return b""
+            start += max(sent, 0)
         if end - start <= SMALL_BODY_BYTES:
             return self._small_body(request, object_id, opened, start, end)
         return self.cache.reader(request, object_id, start, end, _abort_for(request), opened=opened)
