@@ -116,8 +116,9 @@ class OperatorApi:
         self._authorize(request)
         if not self._node.public_api_listening:
             raise ApiError(409, "conflict", "Already stopped")
-        self._node.stop_public_api()
-        return json_response(request, {"message": "public API stopped"})
+        # Answered once nothing listens any more (hit workers included).
+        d = self._node.stop_public_api()
+        return d.addCallback(lambda _: json_response(request, {"message": "public API stopped"}))
 
     @app.route("/api/v1/start-api", methods=["POST"])
     def start_api(self, request: Any) -> Any:

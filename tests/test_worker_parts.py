@@ -694,6 +694,50 @@ class WorkerRestartTests(SynchronousTestCase):
         self.assertEqual(self.metrics.registry.get_sample_value("jsdistributor_worker_restarts_total"), 0)
 
 
+class StopListeningTests(SynchronousTestCase):
+    """stop-api waits for every worker; one that does not answer is killed."""
+
+    def test_a_silent_worker_is_killed_and_the_stop_completes(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from jsdistributor.workers.commands import StopListening
+        from jsdistributor.workers.pool import ANSWER_TIMEOUT
+
+        clock = Clock()
+        pool = make_pool(FakeCache(), clock)
+        answers: dict[int, Deferred[dict[str, Any]]] = {1: Deferred(), 2: Deferred()}
+        signals: dict[int, list[str]] = {1: [], 2: []}
+
+        class Control:
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def callRemote(self, command: Any, **arguments: Any) -> Deferred[dict[str, Any]]:
+                assert command is StopListening
+                return answers[self.index]
+
+        class Transport:
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            def signalProcess(self, name: str) -> None:
+                signals[self.index].append(name)
+
+        for index in (1, 2):
+            process = WorkerProcess(pool, index)
+            process.transport = Transport(index)  # type: ignore[assignment]
+            pool.processes[index] = process
+            pool.controls[index] = Control(index)  # type: ignore[assignment]
+        errors = capture(self, lambda e: e.get("log_level") == LogLevel.error)
+        done = pool.stop_listening()
+        answers[1].callback({})
+        self.assertNoResult(done)
+        clock.advance(ANSWER_TIMEOUT)
+        self.successResultOf(done)
+        self.assertEqual(signals, {1: [], 2: ["KILL"]}, "only the silent worker is killed")
+        self.assertIn("hit worker 2 did not stop listening", formatEvent(errors[0]))
+
+
 # -- 5. AMP between a worker and the primary, in memory -------------------------------------
 
 

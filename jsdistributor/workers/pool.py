@@ -26,6 +26,8 @@ log = Logger()
 
 NOT_A_HIT = {"found": False, "size": 0, "mimeType": "", "ipfsHash": ""}
 
+#: Seconds a worker gets to answer StopListening before it is killed.
+ANSWER_TIMEOUT = 5.0
 #: Seconds a worker gets to exit once told to, before it is killed.
 EXIT_GRACE = 5.0
 #: Restart delays after a worker ended unexpectedly: doubled after each
@@ -253,13 +255,36 @@ class WorkerPool(Service):
 
     def stop_listening(self) -> Deferred[None]:
         """Every worker closes its listening socket (stop-api, shutdown);
-        fires once they all have."""
-        return self._all(lambda control: control.callRemote(StopListening))
+        fires once they all have. One that does not answer within
+        ``ANSWER_TIMEOUT`` seconds is killed (its replacement does not
+        listen while the public API is stopped)."""
+        calls = []
+        for index, control in list(self.controls.items()):
+            d = control.callRemote(StopListening).addTimeout(ANSWER_TIMEOUT, self._reactor)
+            d.addErrback(self._unresponsive, index, "stop listening")
+            calls.append(d)
+        return DeferredList(calls, consumeErrors=True).addCallback(lambda _: None)
+
+    def _unresponsive(self, reason: Failure, index: int, what: str) -> None:
+        log.error(
+            "hit worker {workerIndex} did not {what} ({error}): killing it",
+            workerIndex=index,
+            what=what,
+            error=reason.getErrorMessage(),
+        )
+        process = self.processes.get(index)
+        if process is not None and process.transport is not None:
+            try:
+                process.transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
 
     def drain(self, grace: float) -> Deferred[None]:
         """Shutdown: every worker finishes its responses in flight (those
         still open after ``grace`` seconds are cut)."""
-        return self._all(lambda control: control.callRemote(Drain, grace=grace))
+        return self._all(
+            lambda control: control.callRemote(Drain, grace=grace).addTimeout(grace + ANSWER_TIMEOUT, self._reactor)
+        )
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
