@@ -287,7 +287,10 @@ class NodeCollector:
             "jsdistributor_http_connections", "Open HTTP connections, by API.", labels=["api"]
         )
         for service in node.listening_services():
-            connections.add_metric([service.site.api_name], service.site.connections)
+            # The hit workers' loopback listener would repeat api="public"
+            # (an invalid exposition); its connections are the workers', not viewers'.
+            if service is not getattr(node, "internal_service", None):
+                connections.add_metric([service.site.api_name], service.site.connections)
         yield connections
 
 

@@ -113,6 +113,7 @@ class WorkerNodeTests(TestCase):
         for line in text.splitlines():
             match = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
             if match:
+                self.assertNotIn(match.group(1), values, "a series appears twice: Prometheus rejects the scrape")
                 values[match.group(1)] = float(match.group(2))
         return values
 

@@ -4,7 +4,6 @@ HTTP itself."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from functools import partial
 from typing import Any, BinaryIO, Callable, Mapping
@@ -19,6 +18,7 @@ from .mime import SNIFF_BYTES, detect_mime
 from .pending import PendingDownload, State
 from .readers import SEND_TIMEOUT, StreamReader
 from .state import StateCorrupt, load_argus_cache, load_state, reconcile, remove_state_temporaries, save_state
+from .store import size_mismatch
 
 log = Logger()
 
@@ -123,12 +123,8 @@ class CacheManager:
             log.warn("cached object {objectId} cannot be opened ({error}): forgetting it", objectId=object_id, error=e)
             self.forget(object_id)
             return None
-        try:
-            size = os.fstat(f.fileno()).st_size
-        except OSError:
-            size = -1
-        if size != entry.size:
-            f.close()
+        size = size_mismatch(f, entry.size)
+        if size is not None:
             log.warn(
                 "cached object {objectId} has {actual} bytes on disk, {expected} expected: dropping it",
                 objectId=object_id,

@@ -62,6 +62,19 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def size_mismatch(f: BinaryIO, expected: int) -> int | None:
+    """None when the open file ``f`` has ``expected`` bytes; otherwise its
+    size (-1 if it cannot be told), and ``f`` is closed."""
+    try:
+        size = os.fstat(f.fileno()).st_size
+    except OSError:
+        size = -1
+    if size == expected:
+        return None
+    f.close()
+    return size
+
+
 @implementer(ITempObject)
 class TempObject:
     """An object being written: ``write`` appends, ``commit`` publishes it

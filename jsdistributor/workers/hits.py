@@ -9,7 +9,6 @@ file is still checked (opened, size compared) on every request.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from typing import Any, BinaryIO, Callable
 
@@ -17,6 +16,7 @@ from attrs import frozen
 from twisted.logger import Logger
 
 from ..cache.readers import SEND_TIMEOUT, StreamReader
+from ..cache.store import size_mismatch
 
 log = Logger()
 
@@ -85,12 +85,8 @@ class HitTable:
         except OSError:
             del self.entries[object_id]
             return None
-        try:
-            size = os.fstat(f.fileno()).st_size
-        except OSError:
-            size = -1
-        if size != entry.size:
-            f.close()
+        size = size_mismatch(f, entry.size)
+        if size is not None:
             log.warn(
                 "object {objectId} has {actual} bytes on disk, {expected} expected: asking the node",
                 objectId=object_id,

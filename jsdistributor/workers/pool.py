@@ -152,6 +152,9 @@ class WorkerPool(Service):
             self._reactor.spawnProcess(
                 process, sys.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", CONTROL_FD: theirs.fileno()}
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         control = PrimaryControl(self, index)
