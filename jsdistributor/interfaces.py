@@ -73,6 +73,9 @@ class IContentStore(Interface):
     def path_of(object_id):  # type: ignore[no-untyped-def]
         """FilePath of the complete object (may not exist)."""
 
+    def file_name(object_id):  # type: ignore[no-untyped-def]
+        """``path_of(object_id).path``, as cheaply as possible (the hit path)."""
+
     def size_of(object_id):  # type: ignore[no-untyped-def]
         """int size of the complete object, or None if absent."""
 

@@ -188,7 +188,7 @@ class StoreTests(SynchronousTestCase):
     def test_hostile_ids_rejected(self) -> None:
         for object_id in HOSTILE_IDS:
             with no_filesystem_access(self) as calls:
-                for method in (self.store.path_of, self.store.size_of, self.store.open_temp, self.store.remove):
+                for method in (self.store.path_of, self.store.file_name, self.store.size_of, self.store.open_temp, self.store.remove):
                     self.assertRaises(ValueError, method, object_id)
             self.assertEqual(calls, [], object_id)
         self.assertEqual(self.assets.listdir(), [TEMP_DIR_NAME])
@@ -197,6 +197,7 @@ class StoreTests(SynchronousTestCase):
     def test_non_string_id_rejected(self) -> None:
         self.assertRaises(ValueError, self.store.path_of, 12)  # type: ignore[arg-type]
         self.assertRaises(ValueError, self.store.path_of, b"12")  # type: ignore[arg-type]
+        self.assertRaises(ValueError, self.store.file_name, 12)  # type: ignore[arg-type]
 
     @given(st.text())
     @settings(deadline=None)
@@ -205,9 +206,10 @@ class StoreTests(SynchronousTestCase):
             path = self.store.path_of(object_id)
             self.assertEqual(path.parent(), self.assets)
             self.assertEqual(path.basename(), object_id)
+            self.assertEqual(self.store.file_name(object_id), path.path, "file_name is path_of's path")
             return
         with no_filesystem_access(self) as calls:
-            for method in (self.store.path_of, self.store.size_of, self.store.open_temp, self.store.remove):
+            for method in (self.store.path_of, self.store.file_name, self.store.size_of, self.store.open_temp, self.store.remove):
                 self.assertRaises(ValueError, method, object_id)
         self.assertEqual(calls, [])
 

@@ -107,7 +107,7 @@ class CacheManager:
         return self.pending.get(object_id)
 
     def open_cached(self, object_id: str) -> BinaryIO:
-        return open(self.store.path_of(object_id).path, "rb")
+        return open(self.store.file_name(object_id), "rb")
 
     def open_verified(self, object_id: str) -> BinaryIO | None:
         """The cached object's file, opened, if it is there with the size

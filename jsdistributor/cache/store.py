@@ -171,6 +171,7 @@ class ContentStore:
     def __init__(self, assets_dir: FilePath | Path | str) -> None:
         self.assets_dir: FilePath = _as_filepath(assets_dir)
         self.temp_dir: FilePath = self.assets_dir.child(TEMP_DIR_NAME)
+        self._assets_path: str = self.assets_dir.path
         # Paths of temporaries this store is writing (remove_temporaries spares them).
         self._open_temps: set[str] = set()
 
@@ -186,6 +187,14 @@ class ContentStore:
     def path_of(self, object_id: str) -> FilePath:
         """FilePath of the complete object (may not exist)."""
         return self._object_path(object_id)
+
+    def file_name(self, object_id: str) -> str:
+        """``path_of(object_id).path`` without building FilePaths (the hit
+        path asks for it on every request): a valid id is 1-20 ASCII
+        digits, always a direct child name. ValueError for anything else."""
+        if not isinstance(object_id, str) or not is_valid_object_id(object_id):
+            raise ValueError("invalid object id %r" % (object_id,))
+        return os.path.join(self._assets_path, object_id)
 
     def size_of(self, object_id: str) -> int | None:
         """Size of the complete object, None if absent (or not a regular file)."""

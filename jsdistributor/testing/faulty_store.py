@@ -87,6 +87,9 @@ class FaultyStore:
     def path_of(self, object_id: str) -> Any:
         return self.inner.path_of(object_id)
 
+    def file_name(self, object_id: str) -> str:
+        return str(self.inner.file_name(object_id))
+
     def size_of(self, object_id: str) -> int | None:
         result: int | None = self.inner.size_of(object_id)
         return result

@@ -166,7 +166,7 @@ class HitWorker:
         self.settings = settings
         store = ContentStore(settings.assets_dir)
         self.table = HitTable(
-            reactor, lambda object_id: store.path_of(object_id).path, settings.reader_idle_timeout, settings.send_timeout
+            reactor, store.file_name, settings.reader_idle_timeout, settings.send_timeout
         )
         self.assets = AssetServer(reactor, self.table, None, None, None, None, None)  # type: ignore[arg-type]
         self.tally = RequestTally()
