@@ -69,6 +69,7 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertIn("--pidfile=", argv)
         self.assertEqual(argv[argv.index(plugin.tapname) + 1 :], ["--config", "/etc/jsdistributor/config.yml"])
         self.assertEqual(self.service["KillSignal"], "SIGTERM")
+        self.assertEqual(self.service["KillMode"], "mixed", "SIGTERM to the node alone: it stops its hit workers")
         self.assertEqual(self.service["Restart"], "on-failure")
         self.assertTrue(self.service["TimeoutStopSec"].isdigit())
 

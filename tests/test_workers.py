@@ -231,6 +231,29 @@ class WorkerNodeTests(TestCase):
     def test_a_dead_worker_is_replaced_and_shutdown_ends_them_all(self) -> object:
         return ensureDeferred(self._worker_dies())
 
+    async def _everyone_terminated(self) -> None:
+        # systemd's default KillMode signals every process of the unit:
+        # the workers leave their stop to the node, which exits 0 and
+        # replaces nobody.
+        await self._start()
+        await self.fetch("1")
+        pids = worker_pids(self.daemon.process.pid)
+        self.assertEqual(len(pids), WORKERS)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        self.daemon.signal("TERM")
+        code = await self.daemon.ended
+        self.assertEqual(code, 0, self.daemon.output[-3000:])
+        self.assertNotIn("starting it again", self.daemon.output)
+        deadline = time.monotonic() + 10
+        while [pid for pid in pids if alive(pid)]:
+            self.assertLess(time.monotonic(), deadline, "workers outlived the node")
+            await sleep(0.1)
+        self.assertIn("hit workers stopped", self.daemon.output)
+
+    def test_sigterm_to_every_process_is_one_graceful_stop(self) -> object:
+        return ensureDeferred(self._everyone_terminated())
+
     async def _node_killed(self) -> None:
         await self._start()
         pids = worker_pids(self.daemon.process.pid)

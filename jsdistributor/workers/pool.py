@@ -131,6 +131,7 @@ class WorkerPool(Service):
         self._restarts: dict[int, Any] = {}
         self._forgotten: list[str] = []
         self._stopping = False
+        self._trigger: Any = None
         cache.on_forget.append(self._object_forgotten)
 
     # -- processes ---------------------------------------------------------------
@@ -138,6 +139,9 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
+        # From the moment the process is stopping, a worker that ends is
+        # not replaced (the node's own stop reaches this service last).
+        self._trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
         for index in range(1, self.count + 1):
             self._spawn(index)
 
@@ -166,6 +170,9 @@ class WorkerPool(Service):
         port = self._public_port()
         if port is not None:
             self._listen_one(index, port)
+
+    def _shutting_down(self) -> None:
+        self._stopping = True
 
     def worker_ended(self, process: WorkerProcess, reason: Failure) -> None:
         index = process.index
@@ -292,6 +299,9 @@ class WorkerPool(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
+        if self._trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._trigger)
+            self._trigger = None
         for delayed in self._restarts.values():
             if delayed.active():
                 delayed.cancel()

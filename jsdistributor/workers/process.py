@@ -307,9 +307,12 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
 
     worker = HitWorker(reactor, settings)
-    # Ctrl-C in a terminal reaches the whole process group: the primary
-    # stops the workers itself, after they have finished their responses.
+    # Ctrl-C in a terminal reaches the whole process group, and systemd's
+    # default KillMode signals every process of the unit: the primary stops
+    # the workers itself (Exit, or its connection closing), after they
+    # have finished their responses. SIGKILL still ends a worker at once.
     reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    reactor.callWhenRunning(signal.signal, signal.SIGTERM, signal.SIG_IGN)
     reactor.callWhenRunning(worker.connect)
     reactor.run()  # type: ignore[attr-defined]
 
