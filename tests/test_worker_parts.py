@@ -893,6 +893,24 @@ class AmpTests(SynchronousTestCase):
         self.assertTrue(request.relayed, "marked relayed: the worker does not log it")
         self.assertEqual(self.lookups(), 1)
 
+    def test_a_failure_while_serving_is_a_500_not_a_hang(self) -> None:
+        calls = []
+
+        def broken(request: Any, object_id: str) -> None:
+            calls.append(object_id)
+            if len(calls) == 1:
+                return None  # PublicRoot's try, before the lookup: not known yet
+            raise RuntimeError("a bug")
+
+        self.worker.assets.render_hit = broken  # type: ignore[method-assign]
+        request = asset_request("7")
+        request.startedWriting = False  # a real Request has it; DummyRequest does not
+        self.assertEqual(self.worker.site.resource.render(request), NOT_DONE_YET)
+        self.pump.flush()
+        self.assertEqual((request.finished, request.responseCode), (1, 500))
+        self.assertEqual(json.loads(b"".join(request.written))["type"], "internal_error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1, "the failure is logged")
+
 
 # -- 6. the relay, on real loopback sockets ------------------------------------------------
 

@@ -27,7 +27,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from ..assets import AssetServer
 from ..cache.store import ContentStore
-from ..httputil import AccessLoggingSite
+from ..errors import ApiError
+from ..httputil import AccessLoggingSite, error_response
 from ..logs import LevelPredicate, logs_requests
 from ..metrics import route_of
 from ..node import LISTEN_BACKLOG
@@ -105,8 +106,20 @@ class LookupThenRelay(Resource):
         if object_id is None or self._assets.cache.cached(object_id) is not None:
             # Not an asset, or a known hit whose file did not check out.
             return self._relay.render(request)
-        self._lookup(object_id).addCallback(self._looked_up, request, object_id)
+        d = self._lookup(object_id).addCallback(self._looked_up, request, object_id)
+        d.addErrback(self._failed, request)
         return NOT_DONE_YET
+
+    def _failed(self, failure: Any, request: Any) -> None:
+        """A bug while serving: a 500 with the usual JSON body, never a hang."""
+        log.failure("serving {uri} failed", failure, uri=request.uri)
+        if request.finished or request._disconnected:
+            return
+        if request.startedWriting:
+            request.channel.transport.abortConnection()
+            return
+        request.write(error_response(request, ApiError(500, "internal_error", "the request could not be served")))
+        request.finish()
 
     def _looked_up(self, found: bool, request: Any, object_id: str) -> None:
         if request.finished or request._disconnected:
