@@ -118,7 +118,15 @@ def level_of(name: str | None) -> LogLevel:
 
 #: Twisted's info messages for every connection the outbound pool opens
 #: and closes: ``verbose`` here, not ``info``.
-_CHATTER = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
+_CHATTER = frozenset(
+    {
+        "Starting factory {factory!r}",
+        "Stopping factory {factory!r}",
+        # AMP, between the node and each hit worker.
+        "{cls} connection established (HOST:{host} PEER:{peer})",
+        "{cls} connection lost (HOST:{host} PEER:{peer})",
+    }
+)
 
 
 def most_verbose_level(logs: Any) -> str:

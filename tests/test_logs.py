@@ -63,6 +63,8 @@ class LevelTests(SynchronousTestCase):
         self.assertEqual(winston_level(event(LogLevel.debug)), "debug")
         chatter = event(LogLevel.info, "twisted.web.client._HTTP11ClientFactory", log_format="Starting factory {factory!r}")
         self.assertEqual(winston_level(chatter), "verbose")
+        amp = event(LogLevel.info, "twisted.protocols.amp", log_format="{cls} connection lost (HOST:{host} PEER:{peer})")
+        self.assertEqual(winston_level(amp), "verbose", "the node's AMP link to each hit worker is chatter too")
 
     def test_filtering(self) -> None:
         kinds = {
