@@ -12,6 +12,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -29,6 +30,8 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 class CurlTests(TestCase):
     timeout = 120
+    #: publicApi.workers of the node under test.
+    workers = 0
 
     async def _start(self) -> None:
         if shutil.which("curl") is None:
@@ -40,11 +43,17 @@ class CurlTests(TestCase):
             self.addCleanup(lambda s=sim: ensureDeferred(s.stop()))
         write_catalog(self.dir / "catalog.yml", build_catalog([s.node_endpoint for s in self.sims], DATA))
         self.port = free_port()
-        doc = node_config_document(self.dir, "catalog.yml", self.port, free_port())
+        doc = node_config_document(self.dir, "catalog.yml", self.port, free_port(), **{"publicApi.workers": self.workers})
         (self.dir / "config.json").write_text(json.dumps(doc))
         self.daemon = Daemon(reactor, twistd_argv(self.dir / "config.json"))
         self.addCleanup(lambda: ensureDeferred(self.daemon.stop()))
         await self.daemon.wait_for_port(self.port)
+        for _ in range(200):
+            if self.daemon.output.count("listening on port") >= self.workers:
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        else:
+            self.fail("the hit workers did not start:\n" + self.daemon.output[-3000:])
 
     def url(self, object_id: str) -> str:
         return f"http://127.0.0.1:{self.port}/api/v1/assets/{object_id}"
@@ -96,3 +105,11 @@ class CurlTests(TestCase):
 
     def test_a_client_quitting_mid_body_disturbs_nobody(self) -> object:
         return ensureDeferred(self._quitter())
+
+
+class CurlThroughWorkersTests(CurlTests):
+    """The same, against a node with two hit workers: connections land on
+    any of the three processes (hits served by workers with sendfile,
+    misses relayed to the node)."""
+
+    workers = 2
