@@ -497,9 +497,6 @@ class Network:
     public_port: int = 0
     nginx_port: int = 0
     node: subprocess.Popen[bytes] | None = None
-    #: The node with hit workers (started by ``phase_workers``).
-    worker_node: subprocess.Popen[bytes] | None = None
-    worker_port: int = 0
 
     @property
     def node_url(self) -> str:
@@ -516,7 +513,6 @@ class Network:
         objects = self.work / "objects"
         print(f"preparing objects in {objects}", flush=True)
         entries = prepare_objects(objects, self.sizes)
-        shutil.rmtree(self.work / "node", ignore_errors=True)
         logs = self.work / "logs"
         logs.mkdir(exist_ok=True)
         sim = [sys.executable, "-m", "jsdistributor", "storage-sim", "--dir", str(objects), "--send-marks", str(MiB)]
@@ -790,8 +786,8 @@ def phase_workers(net: Network, results: Results, workers: int) -> None:
     """The node with ``workers`` hit workers (``publicApi.workers``): small
     and large hits against the same nginx as the other phases (one process)
     and against nginx with as many processes as the node has."""
-    net.worker_node, net.worker_port = net.start_node("node-workers", "node-workers", workers)
-    url = f"http://{HOST}:{net.worker_port}"
+    node_process, port = net.start_node("node-workers", "node-workers", workers)
+    url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 30
     log = net.work / "logs" / "node-workers.log"
     while log.read_text(errors="replace").count("listening on port") < workers:
@@ -803,7 +799,7 @@ def phase_workers(net: Network, results: Results, workers: int) -> None:
     nginx_1 = f"http://{HOST}:{net.start_nginx(1, node_dir='node-workers')}"
     nginx_n = f"http://{HOST}:{net.start_nginx(workers + 1, node_dir='node-workers')}"
     processes = f"node + {workers} hit worker{'s' if workers > 1 else ''}"
-    rss = RssSampler(net.worker_node.pid, with_children=True)
+    rss = RssSampler(node_process.pid, with_children=True)
     try:
         net.cache(SMALL_ID, url)
         path = f"/api/v1/assets/{SMALL_ID}"

@@ -201,8 +201,8 @@ class AssetServer:
             opened.close()
             return b""
         start, end = window
-        if end - start >= sendfile.MIN_BYTES and sendfile.usable(request):
-            sent = sendfile.send_body(request, opened, start, end)
+        if end - start >= sendfile.MIN_BYTES:
+            sent = sendfile.send_body(request, opened, start, end)  # NOT_STARTED when it cannot
             if sent == sendfile.BROKEN or start + sent >= end:
                 # All sent (or the connection is gone): twisted.web only
                 # has to finish the response.

@@ -99,8 +99,8 @@ class IEvictionPolicy(Interface):
     def add(object_id, size, now, popularity=1):  # type: ignore[no-untyped-def]
         """Track a newly cached object."""
 
-    def access(object_id, now):  # type: ignore[no-untyped-def]
-        """Record one access (popularity += 1, last access = now)."""
+    def access(object_id, now, times=1):  # type: ignore[no-untyped-def]
+        """Record ``times`` accesses (popularity += times, last access = now)."""
 
     def remove(object_id):  # type: ignore[no-untyped-def]
         """Stop tracking (idempotent)."""

@@ -142,7 +142,7 @@ class NodeMetrics:
             ["method"],
             registry=r,
         )
-        self._children: dict[tuple[str, str, int, str | None], list[Any]] = {}
+        self._children: dict[tuple[str, str, int, str | None], list[tuple[Any, bool]]] = {}
         self.worker_requests = Counter(
             "jsdistributor_worker_requests",
             "Requests a hit worker process answered itself (publicApi.workers; requests it relayed to "
@@ -177,18 +177,20 @@ class NodeMetrics:
         key = (api, route, status, x_cache)
         children = self._children.get(key)
         if children is None:
-            # labels() takes a lock and builds a key: once per kind of request.
-            children = [self.requests.labels(api, route, str(status))]
+            # labels() takes a lock and builds a key: once per kind of
+            # request. Each child counts requests, or bytes (True).
+            children = [(self.requests.labels(api, route, str(status)), False)]
             if x_cache in ("hit", "pending", "miss"):
                 result = "hit" if x_cache == HIT else "miss"
-                children += [self.served_bytes.labels(x_cache), self.cache_requests.labels(result), self.cache_bytes.labels(result)]
+                children += [
+                    (self.served_bytes.labels(x_cache), True),
+                    (self.cache_requests.labels(result), False),
+                    (self.cache_bytes.labels(result), True),
+                ]
             if len(self._children) < 10_000:
                 self._children[key] = children
-        children[0].inc(count)
-        if len(children) > 1:
-            children[1].inc(sent)
-            children[2].inc(count)
-            children[3].inc(sent)
+        for child, counts_bytes in children:
+            child.inc(sent if counts_bytes else count)
 
     # -- exposition ----------------------------------------------------------
 

@@ -49,6 +49,11 @@ class ListeningService(Service):
     def listening(self) -> bool:
         return self.listening_port is not None
 
+    @property
+    def bound_port(self) -> int | None:
+        """The port listened on now (the real one when ``port`` is 0)."""
+        return None if self.listening_port is None else int(self.listening_port.getHost().port)
+
     def listen(self) -> None:
         if self.listening_port is None:
             if self.reuse_port:
@@ -65,7 +70,7 @@ class ListeningService(Service):
                 "{name} listening on http://{interface}:{port}",
                 name=self.name,
                 interface=self.interface,
-                port=self.listening_port.getHost().port,
+                port=self.bound_port,
             )
 
     def stop_listening(self) -> Deferred[None]:
@@ -107,8 +112,10 @@ class DistributorNode(MultiService):
         self.metrics.watch(self)
         from .logs import logs_requests, most_verbose_level
 
-        #: Some log output takes the access log's level (``http``).
-        self.log_requests = logs_requests(most_verbose_level(config.logs))
+        #: The most verbose level a log output takes (hit workers pass on
+        #: what reaches it); access events are built only if it shows them.
+        self.log_level = most_verbose_level(config.logs)
+        self.log_requests = logs_requests(self.log_level)
         #: Set by ``tap.makeService``: the console log observer twistd should
         #: use (see ``setServiceParent``).
         self.console_observer: Any = None
@@ -121,7 +128,7 @@ class DistributorNode(MultiService):
         self.public_api = PublicApi(self)
         self.public_service = ListeningService(
             reactor,
-            AccessLoggingSite(self.public_api.resource(), reactor, "public", metrics=self.metrics, log_requests=self.log_requests),
+            self._site(self.public_api.resource(), "public"),
             config.public_api.port,
             config.public_api.interface,
             "public API",
@@ -136,7 +143,7 @@ class DistributorNode(MultiService):
             self.operator_api = OperatorApi(self, config.operator_api.hmac_secret)
             self.operator_service = ListeningService(
                 reactor,
-                AccessLoggingSite(self.operator_api.resource(), reactor, "operator", metrics=self.metrics, log_requests=self.log_requests),
+                self._site(self.operator_api.resource(), "operator"),
                 config.operator_api.port,
                 config.operator_api.interface,
                 "operator API",
@@ -146,25 +153,29 @@ class DistributorNode(MultiService):
         if config.metrics is not None:
             self.metrics_service = ListeningService(
                 reactor,
-                AccessLoggingSite(self.metrics.resource(), reactor, "metrics", metrics=self.metrics, log_requests=self.log_requests),
+                self._site(self.metrics.resource(), "metrics"),
                 config.metrics.port,
                 config.metrics.interface,
                 "metrics",
             )
             self.metrics_service.setServiceParent(self)
 
+    def _site(self, resource: Any, api: str, **options: Any) -> AccessLoggingSite:
+        return AccessLoggingSite(
+            resource, self.reactor, api, metrics=self.metrics, log_requests=self.log_requests, **options
+        )
+
     def _add_workers(self, count: int) -> None:
         """``publicApi.workers``: the public port is shared with ``count``
         hit workers, which relay what they cannot serve to a listener of
         ours on the loopback interface (see jsdistributor.workers)."""
-        from .logs import most_verbose_level
         from .workers.pool import WorkerPool
         from .workers.process import WorkerSettings
 
         self.public_service.reuse_port = True
         internal = self.internal_service = ListeningService(
             self.reactor,
-            AccessLoggingSite(self.public_api.resource(), self.reactor, "public", metrics=self.metrics, trust_forwarded=True, log_requests=self.log_requests),
+            self._site(self.public_api.resource(), "public", trust_forwarded=True),
             0,
             "127.0.0.1",
             "public API for the hit workers",
@@ -177,17 +188,14 @@ class DistributorNode(MultiService):
                 index=index,
                 interface=config.public_api.interface,
                 assets_dir=str(config.directories.assets),
-                primary_port=internal.listening_port.getHost().port,
-                log_level=most_verbose_level(config.logs),
+                primary_port=internal.bound_port,
+                log_level=self.log_level,
                 reader_idle_timeout=self.cache.reader_idle_timeout,
                 send_timeout=self.cache.send_timeout,
             )
 
-        def public_port() -> int | None:
-            port = self.public_service.listening_port
-            return None if port is None else int(port.getHost().port)
-
-        self.worker_pool = WorkerPool(self.reactor, count, settings, self.cache, self.metrics, public_port)
+        public = self.public_service
+        self.worker_pool = WorkerPool(self.reactor, count, settings, self.cache, self.metrics, lambda: public.bound_port)
         self.worker_pool.setServiceParent(self)
 
     def listening_services(self) -> list[ListeningService]:
@@ -226,7 +234,7 @@ class DistributorNode(MultiService):
         except CannotListenError as e:
             raise ApiError(500, "cannot_listen", f"public API cannot listen: {e.socketError}") from None
         if self.worker_pool is not None:
-            return self.worker_pool.listen(self.public_service.listening_port.getHost().port)
+            return self.worker_pool.listen(self.public_service.bound_port)
         return succeed(None)
 
     def request_shutdown(self) -> None:

@@ -169,6 +169,22 @@ class LruSpTests(SynchronousTestCase):
         self.assertEqual([e.object_id for e in policy.lru_entries()], ["2", "1"])
         self.assertEqual(policy.pop_victim(600.0), "2")
 
+    def test_several_accesses_at_once(self) -> None:
+        # A hit worker reports a second's accesses as one count: the same
+        # entry and order as that many single accesses, in both policies.
+        for make in (LruSpPolicy, LruPolicy):
+            once, one_by_one = make(), make()
+            for policy in (once, one_by_one):
+                policy.add("1", 100_000, 0.0)
+                policy.add("2", 100_000, 0.0)
+            self.assertTrue(once.access("1", 5.0, 7))
+            for _ in range(7):
+                one_by_one.access("1", 5.0)
+            self.assertEqual(once.get("1"), one_by_one.get("1"), make.__name__)
+            self.assertEqual(once.get("1").popularity, 8, make.__name__)
+            self.assertEqual(list(once.entries()), list(one_by_one.entries()), make.__name__)
+            self.assertEqual(once.pop_victim(600.0), one_by_one.pop_victim(600.0), make.__name__)
+
     def test_access_unknown(self) -> None:
         policy = LruSpPolicy()
         self.assertFalse(policy.access("9", 1.0))

@@ -354,7 +354,6 @@ class WorkerLogTests(SynchronousTestCase):
         for level in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical):
             self.assertEqual(event_for_primary(self.worker_event(level))["level"], level.name, level)
 
-
     def test_round_trip_same_namespace_level_and_text(self) -> None:
         try:
             raise KeyError("boom")
@@ -384,7 +383,6 @@ class WorkerLogTests(SynchronousTestCase):
         self.assertTrue(text.startswith("worker 3: object 12 is {not a field}\n"), text)
         self.assertIn("KeyError: 'boom'", text, "the worker's traceback reaches the primary's log")
         self.assertEqual((e["objectId"], e["size"], e["workerIndex"]), ("12", 3, 3), "plain fields are kept")
-
 
     def test_primary_emits_the_line_with_its_level(self) -> None:
         line = {"namespace": "jsdistributor.x", "level": "warn", "text": "a {b} c", "fields": {"objectId": "9", "format": "f", "level": "l"}}
@@ -447,7 +445,6 @@ class WorkerLogTests(SynchronousTestCase):
         self.process.outReceived(json.dumps(line).encode() + b"\n")  # must not raise
         self.assertEqual([formatEvent(e) for e in self.events], ["worker 3: t"])
 
-
     @settings(max_examples=200, derandomize=True, deadline=None)
     @given(
         st.one_of(
@@ -488,8 +485,8 @@ class FakeCache:
         self.asked.append(object_id)
         return self.entries.get(object_id)
 
-    def touch(self, object_id: str) -> None:
-        self.touches[object_id] += 1
+    def touch(self, object_id: str, times: int = 1) -> None:
+        self.touches[object_id] += times
 
     def forget(self, object_id: str) -> None:
         del self.entries[object_id]
@@ -1094,7 +1091,6 @@ class RelayTests(TestCase):
 
         return ensureDeferred(run())
 
-
     def test_primary_unreachable(self) -> Deferred[None]:
         async def run() -> None:
             closed = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
@@ -1170,7 +1166,6 @@ class RelayTests(TestCase):
 
         return ensureDeferred(run())
 
-
     def test_viewer_gone_cancels_the_relayed_request(self) -> Deferred[None]:
         async def run() -> None:
             d = Agent(reactor, pool=self.pool).request(b"GET", self.url("/hang").encode())
@@ -1231,7 +1226,6 @@ class AccessLogTests(SynchronousTestCase):
         self.get(site, b"/plain")
         self.assertEqual(len(self.events), 1, "other requests are still logged")
         self.assertEqual(sample("jsdistributor_http_requests_total", {"api": "public", "route": "other", "status": "200"}), 1)
-
 
     def test_no_access_events_but_still_counted(self) -> None:
         site = AccessLoggingSite(_Leaf(), Clock(), "public", metrics=self.metrics, log_requests=False)

@@ -170,13 +170,14 @@ class LruSpPolicy:
         """Track a newly cached object (re-adding a tracked id replaces it)."""
         self.add_entry(_new(CacheEntry, (object_id, size, popularity, float(now), mime_type, ipfs_hash)))
 
-    def access(self, object_id: str, now: float) -> bool:
-        """Record one access: popularity + 1, last access ``now``, move to the
-        tail of its group. False (and nothing changes) if not tracked."""
+    def access(self, object_id: str, now: float, times: int = 1) -> bool:
+        """Record ``times`` accesses: popularity + times, last access ``now``,
+        move to the tail of its group. False (and nothing changes) if not
+        tracked."""
         old = self._entries.get(object_id)
         if old is None:
             return False
-        entry = _new(CacheEntry, (object_id, old[1], old[2] + 1, float(now), old[4], old[5]))
+        entry = _new(CacheEntry, (object_id, old[1], old[2] + times, float(now), old[4], old[5]))
         self._entries[object_id] = entry
         group, new_group = _group(old), _group(entry)
         if new_group == group:
@@ -327,11 +328,11 @@ class LruPolicy:
     ) -> None:
         self.add_entry(_new(CacheEntry, (object_id, size, popularity, float(now), mime_type, ipfs_hash)))
 
-    def access(self, object_id: str, now: float) -> bool:
+    def access(self, object_id: str, now: float, times: int = 1) -> bool:
         old = self._entries.get(object_id)
         if old is None:
             return False
-        self._entries[object_id] = _new(CacheEntry, (object_id, old[1], old[2] + 1, float(now), old[4], old[5]))
+        self._entries[object_id] = _new(CacheEntry, (object_id, old[1], old[2] + times, float(now), old[4], old[5]))
         self._entries.move_to_end(object_id)
         return True
 

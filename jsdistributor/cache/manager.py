@@ -100,8 +100,8 @@ class CacheManager:
     def cached(self, object_id: str) -> CacheEntry | None:
         return self.policy.get(object_id)  # type: ignore[no-any-return]
 
-    def touch(self, object_id: str) -> None:
-        self.policy.access(object_id, self.reactor.seconds())
+    def touch(self, object_id: str, times: int = 1) -> None:
+        self.policy.access(object_id, self.reactor.seconds(), times)
 
     def pending_for(self, object_id: str) -> PendingDownload | None:
         return self.pending.get(object_id)

@@ -212,10 +212,8 @@ class WorkerPool(Service):
         for item in accessed:
             object_id = item["objectId"]
             if self._cache.cached(object_id) is not None:
-                # The eviction policy counts accesses one by one (capped: a
-                # report is a second's worth).
-                for _ in range(min(int(item["count"]), 10_000)):
-                    self._cache.touch(object_id)
+                # Capped: a report is a second's worth of one worker.
+                self._cache.touch(object_id, min(int(item["count"]), 10_000))
         answered = 0
         for item in requests:
             self._metrics.add_requests(
@@ -253,15 +251,9 @@ class WorkerPool(Service):
 
         return control.callRemote(Listen, port=port).addCallbacks(listening, failed)
 
-    def _all(self, call: Callable[[PrimaryControl], Deferred[Any]]) -> Deferred[None]:
-        calls = [call(control) for control in list(self.controls.values())]
-        return DeferredList(calls, consumeErrors=True).addCallback(lambda _: None)
-
     def listen(self, port: int) -> Deferred[None]:
         """Every worker listens on ``port`` (start-api)."""
-        return DeferredList(
-            [self._listen_one(index, port) for index in list(self.controls)], consumeErrors=True
-        ).addCallback(lambda _: None)
+        return _gather([self._listen_one(index, port) for index in list(self.controls)])
 
     def stop_listening(self) -> Deferred[None]:
         """Every worker closes its listening socket (stop-api, shutdown);
@@ -273,7 +265,7 @@ class WorkerPool(Service):
             d = control.callRemote(StopListening).addTimeout(ANSWER_TIMEOUT, self._reactor)
             d.addErrback(self._unresponsive, index, "stop listening")
             calls.append(d)
-        return DeferredList(calls, consumeErrors=True).addCallback(lambda _: None)
+        return _gather(calls)
 
     def _unresponsive(self, reason: Failure, index: int, what: str) -> None:
         log.error(
@@ -283,17 +275,17 @@ class WorkerPool(Service):
             error=reason.getErrorMessage(),
         )
         process = self.processes.get(index)
-        if process is not None and process.transport is not None:
-            try:
-                process.transport.signalProcess("KILL")
-            except ProcessExitedAlready:
-                pass
+        if process is not None:
+            _kill(process)
 
     def drain(self, grace: float) -> Deferred[None]:
         """Shutdown: every worker finishes its responses in flight (those
         still open after ``grace`` seconds are cut)."""
-        return self._all(
-            lambda control: control.callRemote(Drain, grace=grace).addTimeout(grace + ANSWER_TIMEOUT, self._reactor)
+        return _gather(
+            [
+                control.callRemote(Drain, grace=grace).addTimeout(grace + ANSWER_TIMEOUT, self._reactor)
+                for control in list(self.controls.values())
+            ]
         )
 
     def stopService(self) -> Deferred[None]:
@@ -324,7 +316,18 @@ class WorkerPool(Service):
     def _kill_all(self) -> None:
         for process in list(self.processes.values()):
             log.warn("hit worker {workerIndex} did not exit: killing it", workerIndex=process.index)
-            try:
-                process.transport.signalProcess("KILL")
-            except ProcessExitedAlready:
-                pass
+            _kill(process)
+
+
+def _gather(calls: list[Deferred[Any]]) -> Deferred[None]:
+    """Fires once every call has answered or failed (failures are logged
+    where the calls are made)."""
+    return DeferredList(calls, consumeErrors=True).addCallback(lambda _: None)
+
+
+def _kill(process: WorkerProcess) -> None:
+    if process.transport is not None:
+        try:
+            process.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass

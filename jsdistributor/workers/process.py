@@ -17,7 +17,7 @@ from collections import Counter
 from typing import IO, Any, Mapping
 
 from attrs import asdict, frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import FilteringLogObserver, Logger, LogLevel, formatEvent, globalLogBeginner
@@ -263,7 +263,7 @@ class HitWorker:
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
-        return Deferred.fromCoroutine(_stop(port))
+        return maybeDeferred(port.stopListening)
 
     def exit(self, why: str) -> None:
         if self._exiting:
@@ -273,10 +273,6 @@ class HitWorker:
         if self._reporting.running:
             self._reporting.stop()
         self.reactor.callLater(0, self.reactor.stop)
-
-
-async def _stop(port: Any) -> None:
-    await port.stopListening()
 
 
 def event_for_primary(event: Mapping[str, Any]) -> dict[str, Any]:
